@@ -1,0 +1,1 @@
+"""Built-in plugins of iagbench, registered through the `iagbench` entry-point group like any other."""
