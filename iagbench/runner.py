@@ -1,0 +1,270 @@
+"""Run an imaginer + reader over a dataset split, scoring as it goes, resumable at any point."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .components import CONTEXT_KINDS, Dataset, Imaginer, Metric, Reader
+from .env import environment
+from .errors import ConfigurationError
+from .plugins import Plugins
+from .registry import Entry
+from .runs import RunFolder, canonical_json, config_hash, folder_name, write_json_atomic
+from .scoring import aggregate, metric_versions, score_example
+from .types import Context, Example
+
+DEFAULT_RUNS_DIR = Path("runs")
+EXECUTION_KEYS = ("data_dir",)  # options that say where, not what: kept out of the configuration hash
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines one run, as the user gave it."""
+
+    dataset: str
+    split: str
+    imaginer: str
+    reader: str
+    dataset_args: dict[str, Any] = field(default_factory=dict)
+    imaginer_args: dict[str, Any] = field(default_factory=dict)
+    reader_args: dict[str, Any] = field(default_factory=dict)
+    metrics: Sequence[str] | None = None
+    limit: int | None = None
+    batch_size: int = 16
+    seed: int = 0
+    output: Path | None = None
+    runs_dir: Path = DEFAULT_RUNS_DIR
+
+
+@dataclass
+class Resolved:
+    """Registry entries for a spec, checked against each other before any model loads."""
+
+    dataset: Entry
+    imaginer: Entry
+    reader: Entry
+    metrics: list[Metric]
+
+
+def resolve(spec: RunSpec, plugins: Plugins) -> Resolved:
+    imaginer = plugins["imaginers"].get(spec.imaginer)
+    reader = plugins["readers"].get(spec.reader)
+    check_compatible(imaginer, reader)
+    metric_names = list(spec.metrics) if spec.metrics else [entry.name for entry in plugins["metrics"]]
+    metrics = [plugins["metrics"].get(name).build() for name in metric_names]
+    return Resolved(plugins["datasets"].get(spec.dataset), imaginer, reader, metrics)
+
+
+def check_compatible(imaginer: Entry, reader: Entry) -> None:
+    """Reject an imaginer whose contexts the reader cannot read."""
+    provides = frozenset(imaginer.declared("provides"))
+    accepts = frozenset(reader.declared("accepts"))
+    unknown = (provides | accepts) - CONTEXT_KINDS
+    if unknown:
+        raise ConfigurationError(f"unknown context kinds {sorted(unknown)}; expected a subset of {sorted(CONTEXT_KINDS)}")
+    missing = provides - accepts
+    if missing:
+        raise ConfigurationError(
+            f"imaginer '{imaginer.name}' provides {sorted(provides)} but reader '{reader.name}' accepts "
+            f"only {sorted(accepts) or 'no context'}: {', '.join(sorted(missing))} would be ignored"
+        )
+
+
+def load_examples(dataset: Dataset, split: str, limit: int | None, dataset_name: str) -> list[Example]:
+    if split not in dataset.splits:
+        raise ConfigurationError(f"dataset '{dataset_name}' has no split '{split}'; splits: {', '.join(dataset.splits)}")
+    examples = []
+    for example in dataset.load(split):
+        if limit is not None and len(examples) >= limit:
+            break
+        examples.append(example)
+    if not examples:
+        raise ConfigurationError(f"dataset '{dataset_name}' split '{split}' has no examples")
+    return examples
+
+
+def fingerprint(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(canonical_json(example.to_json()).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def identity(spec: RunSpec, resolved: Resolved, examples: Sequence[Example]) -> dict[str, Any]:
+    """What makes two runs the same run; hashed into the folder name."""
+    return {
+        "dataset": {
+            "name": resolved.dataset.name,
+            "split": spec.split,
+            "options": {k: v for k, v in spec.dataset_args.items() if k not in EXECUTION_KEYS},
+            "fingerprint": fingerprint(examples),
+            "n": len(examples),
+        },
+        "imaginer": {"name": resolved.imaginer.name, "options": spec.imaginer_args},
+        "reader": {"name": resolved.reader.name, "options": spec.reader_args},
+        "limit": spec.limit,
+        "seed": spec.seed,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+
+
+def context_summary(context: Context) -> dict[str, Any]:
+    summary: dict[str, Any] = {"passages": [p.to_json() for p in context.passages]}
+    if context.adapter is not None:
+        describe = getattr(context.adapter, "describe", None)
+        summary["adapter"] = describe() if callable(describe) else type(context.adapter).__name__
+    return summary
+
+
+def prediction_record(example: Example, context: Context, prediction: str, metrics: Sequence[Metric]) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": example.id,
+        "question": example.question,
+        "answers": list(example.answers),
+        "prediction": str(prediction),
+    }
+    raw = getattr(prediction, "raw", None)
+    if raw is not None:
+        record["raw"] = raw
+    details = getattr(prediction, "details", None)
+    if details:
+        record["details"] = details
+    record["context"] = context_summary(context)
+    record["scores"] = score_example(metrics, str(prediction), example.answers, context.passages)
+    return record
+
+
+def results_from(records: Sequence[dict[str, Any]], config: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    summary = aggregate(record["scores"] for record in records)
+    return {
+        "metrics": summary["metrics"],
+        "counts": summary["counts"],
+        "n": len(records),
+        "metric_versions": config["metrics"],
+        "run": config["name"],
+        "config_hash": config["hash"],
+        "dataset": config["identity"]["dataset"]["name"],
+        "split": config["identity"]["dataset"]["split"],
+        "imaginer": config["identity"]["imaginer"]["name"],
+        "reader": config["identity"]["reader"]["name"],
+        "elapsed_s_last_session": round(elapsed, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def plugin_versions(plugins: Plugins, resolved: Resolved) -> dict[str, str | None]:
+    versions = {item["name"]: item["version"] for item in plugins.describe()}
+    used = {resolved.dataset.plugin, resolved.imaginer.plugin, resolved.reader.plugin}
+    return {name: versions.get(name) for name in sorted(used)}
+
+
+def run(
+    spec: RunSpec,
+    plugins: Plugins,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    non_default: dict[str, Any] | None = None,
+) -> tuple[RunFolder, dict[str, Any]]:
+    """Run (or resume, or just read back) the run that ``spec`` defines; return its folder and results."""
+    resolved = resolve(spec, plugins)
+    dataset: Dataset = resolved.dataset.build(**spec.dataset_args)
+    examples = load_examples(dataset, spec.split, spec.limit, resolved.dataset.name)
+    ident = identity(spec, resolved, examples)
+    digest = config_hash(ident)
+    name = folder_name(resolved.dataset.name, spec.split, resolved.imaginer.name, resolved.reader.name, digest)
+    folder = RunFolder(spec.output or spec.runs_dir / name)
+    if folder.exists() and folder.is_finished():
+        folder.claim({"identity": ident, "plugins": plugin_versions(plugins, resolved)}, {})
+        log(f"run already finished: {folder.path} (not recomputed)")
+        return folder, folder.results()
+
+    done = {record["id"] for record in folder.records(repair=True)} if folder.exists() else set()
+    todo = [example for example in examples if example.id not in done]
+    config = {
+        "name": name,
+        "hash": digest,
+        "identity": ident,
+        "batch_size": spec.batch_size,
+        "metrics": metric_versions(resolved.metrics),
+        "plugins": plugin_versions(plugins, resolved),
+        "dataset_source": dataset.describe(spec.split),
+        "iagbench_version": __version__,
+        "non_default_options": non_default or {},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    folder.claim(config, environment())
+    config = folder.config()
+    log(f"run folder: {folder.path} ({len(done)} of {len(examples)} examples already done)")
+
+    started = time.perf_counter()
+    if todo:
+        seed_everything(spec.seed)
+        imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
+        reader: Reader = resolved.reader.build(**spec.reader_args)
+        _record_components(folder, imaginer, reader)
+        _predict(todo, imaginer, reader, resolved.metrics, folder, spec.batch_size, progress, len(examples), len(done))
+    records = folder.records()
+    by_id = {record["id"]: record for record in records}
+    missing = [example.id for example in examples if example.id not in by_id]
+    if missing:
+        raise ConfigurationError(f"{folder.predictions_path}: {len(missing)} examples missing after the run (first: {missing[0]})")
+    results = results_from([by_id[example.id] for example in examples], config, time.perf_counter() - started)
+    folder.write_results(results)
+    return folder, results
+
+
+def _record_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
+    write_json_atomic(folder.path / "components.json", {"imaginer": imaginer.describe(), "reader": reader.describe()})
+
+
+def _predict(
+    todo: Sequence[Example],
+    imaginer: Imaginer,
+    reader: Reader,
+    metrics: Sequence[Metric],
+    folder: RunFolder,
+    batch_size: int,
+    progress: bool,
+    total: int,
+    initial: int,
+) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=initial, disable=not progress, desc="examples", unit="q") as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = list(todo[start : start + batch_size])
+            contexts = imaginer.imagine(batch)
+            _check_lengths("imaginer", contexts, batch)
+            predictions = reader.answer(batch, contexts)
+            _check_lengths("reader", predictions, batch)
+            folder.append(prediction_record(e, c, p, metrics) for e, c, p in zip(batch, contexts, predictions))
+            bar.update(len(batch))
+
+
+def _check_lengths(component: str, outputs: Sequence[Any], batch: Sequence[Example]) -> None:
+    if len(outputs) != len(batch):
+        raise ConfigurationError(f"{component} returned {len(outputs)} outputs for a batch of {len(batch)} examples")

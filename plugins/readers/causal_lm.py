@@ -1,0 +1,166 @@
+"""The `causal-lm` reader: any transformers causal LM, prompted for a short answer, decoded greedily."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from iagbench import Answer, ConfigurationError, Context, Example, Reader
+
+from .models import load_model, resolve_model
+from .prompts import get_template
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """bf16 on CUDA, fp32 on the CPU, unless asked otherwise."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                "fp32": torch.float32, "float32": torch.float32}[dtype]
+    except KeyError:
+        raise ConfigurationError(f"reader option dtype={dtype!r}: expected auto, bf16, fp16 or fp32") from None
+
+
+class CausalLMReader(Reader):
+    """Reads the question (and passages, when the imaginer gives some) and generates a short answer."""
+
+    accepts = frozenset({"passages"})
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        *,
+        prompt: str = "short-answer",
+        max_new_tokens: int = 16,
+        dtype: str = "auto",
+        device: str = "auto",
+        chat: bool | str = "auto",
+        prefix_cache: bool = True,
+        seed: int = 0,
+    ):
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigurationError(f"reader option max_new_tokens={max_new_tokens!r}: expected a positive integer")
+        self.template = get_template(prompt)
+        self.source = resolve_model(model)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model, self.tokenizer, self.model_info = load_model(self.source, dtype=self.dtype, device=self.device, seed=seed)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self.chat = self.template.use_chat and has_chat_template if chat == "auto" else bool(chat)
+        if self.chat and not has_chat_template:
+            raise ConfigurationError(f"reader option chat=true, but model '{model}' has no chat template")
+        self.max_new_tokens = max_new_tokens
+        self.prefix_cache = bool(prefix_cache)
+        self._cache_key = cache_keyword(self.model)
+        self._prefix: tuple[tuple[int, ...], Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model_info,
+            "prompt": self.template.describe(),
+            "chat_template": self.chat,
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device,
+            "decoding": "greedy",
+            "prefix_cache": self.prefix_cache,
+        }
+
+    def prompts(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
+        return [
+            self.template.render(example.question, context.passages, self.tokenizer, chat=self.chat)
+            for example, context in zip(examples, contexts)
+        ]
+
+    def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
+        generated = self.generate(self.prompts(examples, contexts))
+        return [Answer(self.template.answer(text), raw=text) for text in generated]
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        """Greedy continuations of ``prompts``, stopped at the template's stop strings or end of sequence.
+
+        The token prefix that all prompts of the batch share (instruction, worked examples) is
+        encoded once and its key/value cache reused: rows are laid out as prefix, padding, own
+        suffix, with the padding masked, so positions and outputs equal those of plain left padding.
+        """
+        import torch
+
+        ids = [self.tokenizer(p, add_special_tokens=not self.chat)["input_ids"] for p in prompts]
+        shared = shared_prefix_length(ids) if self.prefix_cache else 0
+        pad = self.tokenizer.pad_token_id
+        width = max(len(row) - shared for row in ids)
+        input_ids = [row[:shared] + [pad] * (width - len(row) + shared) + row[shared:] for row in ids]
+        mask = [[1] * shared + [0] * (width - len(row) + shared) + [1] * (len(row) - shared) for row in ids]
+        inputs = {
+            "input_ids": torch.tensor(input_ids, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+        }
+        if shared:
+            inputs[self._cache_key] = self._prefix_cache(tuple(ids[0][:shared]), len(ids))
+        stop = {"stop_strings": list(self.template.stop), "tokenizer": self.tokenizer} if self.template.stop else {}
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=pad,
+                **stop,
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def _prefix_cache(self, prefix: tuple[int, ...], batch: int) -> Any:
+        """The key/value cache of ``prefix``, computed once and copied out for a batch."""
+        import torch
+
+        if self._prefix is None or self._prefix[0] != prefix:
+            with torch.inference_mode():
+                output = self.model(torch.tensor([prefix], device=self.device), use_cache=True)
+            self._prefix = (prefix, getattr(output, self._cache_key))
+        cache = copy.deepcopy(self._prefix[1])
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens all rows start with, leaving each row at least one token of its own (0 if too short to pay)."""
+    limit = min(len(row) for row in rows) - 1
+    length = 0
+    first = rows[0]
+    while length < limit and all(row[length] == first[length] for row in rows):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def cache_keyword(model: Any) -> str:
+    """The name transformers uses for the key/value cache argument ('cache' from v5.2x, before: 'past_key_values')."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+smollm2_135m = functools.partial(CausalLMReader, model="smollm2-135m")
+llama_7b = functools.partial(CausalLMReader, model="llama-7b")
+llama_13b = functools.partial(CausalLMReader, model="llama-13b")
+tiny_llama = functools.partial(CausalLMReader, model="tiny-llama")

@@ -1,0 +1,107 @@
+"""Versioned prompt templates for causal-LM readers, and short-answer extraction.
+
+A template's version is part of every result: change the text or the extraction, bump it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from iagbench import ConfigurationError, Passage
+
+# Worked examples shown before every question (written for this project; none comes from a benchmark).
+FEW_SHOT: tuple[tuple[str, str], ...] = (
+    ("who composed the opera the magic flute", "Wolfgang Amadeus Mozart"),
+    ("what is the chemical symbol for tungsten", "W"),
+    ("in which country is the city of porto", "Portugal"),
+    ("how many strings does a standard violin have", "4"),
+    ("when did the titanic sink", "1912"),
+)
+
+INSTRUCTION = "Answer the question with a short answer of a few words, without explanation."
+PASSAGE_INSTRUCTION = (
+    "Answer the question with a short answer of a few words, without explanation, using the passages if they help."
+)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a question (and its passages) becomes the model's input, and how its output becomes an answer."""
+
+    name: str
+    version: str
+    few_shot: tuple[tuple[str, str], ...] = ()
+    instruction: str = INSTRUCTION
+    extract: bool = True
+    stop: tuple[str, ...] = ("\n",)
+    use_chat: bool = True
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "few_shot": len(self.few_shot),
+            "extract": self.extract,
+            "stop": list(self.stop),
+        }
+
+    def render(self, question: str, passages: Sequence[Passage], tokenizer: Any, *, chat: bool) -> str:
+        """The full prompt text, through the tokenizer's chat template when ``chat``."""
+        if chat:
+            return self._render_chat(question, passages, tokenizer)
+        return self._render_plain(question, passages)
+
+    def _render_chat(self, question: str, passages: Sequence[Passage], tokenizer: Any) -> str:
+        messages = [{"role": "system", "content": PASSAGE_INSTRUCTION if passages else self.instruction}]
+        for shot_question, shot_answer in self.few_shot:
+            messages.append({"role": "user", "content": f"Question: {shot_question}"})
+            messages.append({"role": "assistant", "content": shot_answer})
+        messages.append({"role": "user", "content": format_passages(passages) + f"Question: {question}"})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _render_plain(self, question: str, passages: Sequence[Passage]) -> str:
+        parts = [PASSAGE_INSTRUCTION if passages else self.instruction, ""] if self.instruction else []
+        for shot_question, shot_answer in self.few_shot:
+            parts.append(f"Question: {shot_question}\nAnswer: {shot_answer}\n")
+        parts.append(format_passages(passages) + f"Question: {question}\nAnswer:")
+        return "\n".join(parts)
+
+    def answer(self, generated: str) -> str:
+        return extract_short_answer(generated) if self.extract else generated.strip()
+
+
+def format_passages(passages: Sequence[Passage]) -> str:
+    if not passages:
+        return ""
+    lines = [f"Passage {i} ({p.title}): {p.text}" if p.title else f"Passage {i}: {p.text}" for i, p in enumerate(passages, 1)]
+    return "\n".join(lines) + "\n\n"
+
+
+_PREFIX = re.compile(r"^\s*(?:answer|a)\s*[:\-]\s*", re.IGNORECASE)
+
+
+def extract_short_answer(generated: str) -> str:
+    """The first line of the output, without an 'Answer:' prefix, wrapping quotes or a final period."""
+    line = generated.strip().split("\n", 1)[0]
+    line = _PREFIX.sub("", line).strip()
+    if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":
+        line = line[1:-1].strip()
+    return line.rstrip(".").strip()
+
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    "short-answer": PromptTemplate("short-answer", "1", few_shot=FEW_SHOT),
+    # The bare baseline: no instruction, no examples, no chat template, no extraction, no stop string.
+    "plain": PromptTemplate("plain", "1", instruction="", extract=False, stop=(), use_chat=False),
+}
+
+
+def get_template(name: str) -> PromptTemplate:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ConfigurationError(f"unknown prompt '{name}'; known prompts: {', '.join(sorted(TEMPLATES))}") from None
