@@ -22,6 +22,7 @@ from .scoring import aggregate, metric_versions, score_example
 from .types import Context, Example
 
 DEFAULT_RUNS_DIR = Path("runs")
+ORDERS = ("length", "dataset")
 EXECUTION_KEYS = ("data_dir",)  # options that say where, not what: kept out of the configuration hash
 
 
@@ -39,6 +40,7 @@ class RunSpec:
     metrics: Sequence[str] | None = None
     limit: int | None = None
     batch_size: int = 16
+    order: str = "length"
     seed: int = 0
     output: Path | None = None
     runs_dir: Path = DEFAULT_RUNS_DIR
@@ -209,6 +211,7 @@ def run(
         "hash": digest,
         "identity": ident,
         "batch_size": spec.batch_size,
+        "batch_order": spec.order,
         "metrics": metric_versions(resolved.metrics),
         "plugins": plugin_versions(plugins, resolved),
         "dataset_source": dataset.describe(spec.split),
@@ -226,7 +229,9 @@ def run(
         imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
         reader: Reader = resolved.reader.build(**spec.reader_args)
         _record_components(folder, imaginer, reader)
-        _predict(todo, imaginer, reader, resolved.metrics, folder, spec.batch_size, progress, len(examples), len(done))
+        _predict(
+            todo, imaginer, reader, resolved.metrics, folder, spec.batch_size, spec.order, progress, len(examples), len(done)
+        )
     records = folder.records()
     by_id = {record["id"]: record for record in records}
     missing = [example.id for example in examples if example.id not in by_id]
@@ -241,6 +246,16 @@ def _record_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) ->
     write_json_atomic(folder.path / "components.json", {"imaginer": imaginer.describe(), "reader": reader.describe()})
 
 
+def batches(examples: Sequence[Example], batch_size: int, order: str = "length") -> list[list[Example]]:
+    """Batches of examples; ``order="length"`` groups questions of similar length to save padding."""
+    if order not in ORDERS:
+        raise ConfigurationError(f"unknown batch order '{order}'; orders: {', '.join(ORDERS)}")
+    ordered = list(examples)
+    if order == "length":
+        ordered.sort(key=lambda e: len(e.question))
+    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
 def _predict(
     todo: Sequence[Example],
     imaginer: Imaginer,
@@ -248,6 +263,7 @@ def _predict(
     metrics: Sequence[Metric],
     folder: RunFolder,
     batch_size: int,
+    order: str,
     progress: bool,
     total: int,
     initial: int,
@@ -255,8 +271,7 @@ def _predict(
     from tqdm.auto import tqdm
 
     with tqdm(total=total, initial=initial, disable=not progress, desc="examples", unit="q") as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = list(todo[start : start + batch_size])
+        for batch in batches(todo, batch_size, order):
             contexts = imaginer.imagine(batch)
             _check_lengths("imaginer", contexts, batch)
             predictions = reader.answer(batch, contexts)

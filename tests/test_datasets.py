@@ -80,14 +80,17 @@ def test_id_rules_on_real_files():
 @needs_data
 def test_csv_quoted_triviaqa_lines_parse_exactly():
     by_question = {e.question: e for e in real("triviaqa", "test")}
-    # Line 18: the question field is quoted (DPR's file keeps a second layer of quotes inside it).
-    crackers = by_question['"How many different animal shapes are there in the ""Animal Crackers"" cookie zoo?"']
+    # Line 18: the question carries a second layer of csv quoting, which is undone.
+    crackers = by_question['How many different animal shapes are there in the "Animal Crackers" cookie zoo?']
     assert crackers.answers == (
         "Eighteen--two bears (one walking, one seated), a bison, camel, cougar, elephant, giraffe, gorilla, "
         "hippopotamus, hyena , kangaroo, lion, monkey, rhinoceros, seal, sheep, tier, and zebra",
     )
     # Line 24: both columns quoted; the answer list holds strings with apostrophes ("Hitler's health").
-    bomb = by_question['"Who was the target of the failed ""Bomb Plot"" of 1944?"']
+    bomb = by_question['Who was the target of the failed "Bomb Plot" of 1944?']
+    # A question that only starts and ends with a quotation keeps its quotes.
+    assert any(q.startswith('"Rodney you plonka" and "This time next year') for q in by_question)
+    assert not any(q.startswith('"') and '""' in q for q in by_question)
     assert len(bomb.answers) == 60
     assert bomb.answers[:4] == ("Hitlerian", "Adolph Schicklgruber", "HitlerAdolf", "Hitler's medical health")
     assert bomb.answers[-3:] == ("Adolfus Hitler", "Hitler", "Adolph hitler")

@@ -171,7 +171,7 @@ def _csv_example(row: list[str], path: str | Path, line: int, ids: IdMaker) -> E
     if len(row) != 2:
         raise DataError(path, line, None, f"expected 2 TAB-separated columns (question, answers), found {len(row)}")
     try:
-        question = check_question(row[0])
+        question = check_question(unwrap_csv_quoting(row[0]))
         try:
             answers = ast.literal_eval(row[1])
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -179,6 +179,19 @@ def _csv_example(row: list[str], path: str | Path, line: int, ids: IdMaker) -> E
         return Example(id=ids(question, None), question=question, answers=check_answers(answers))
     except RecordError as exc:
         raise DataError(path, line, exc.field, exc.message) from None
+
+
+def unwrap_csv_quoting(text: str) -> str:
+    """Undo a second layer of csv quoting that some copies of DPR's files carry in the question column.
+
+    ``"How ... ""Animal Crackers"" cookie zoo?"`` (after the csv reader) is the csv encoding of
+    ``How ... "Animal Crackers" cookie zoo?``: unwrapped when the outer quotes enclose only doubled
+    quotes. A question that merely starts and ends with a quotation is kept as it is.
+    """
+    inner = text[1:-1]
+    if len(text) >= 2 and text[0] == text[-1] == '"' and '""' in inner and '"' not in inner.replace('""', ""):
+        return inner.replace('""', '"')
+    return text
 
 
 def read_jsonl(path: str | Path, ids: IdMaker) -> Iterator[Example]:

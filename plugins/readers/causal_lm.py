@@ -10,6 +10,7 @@ from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Reader
 
+from .decoding import greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
 from .prompts import get_template
 
@@ -70,6 +71,7 @@ class CausalLMReader(Reader):
         self.prefix_cache = bool(prefix_cache)
         self._cache_key = cache_keyword(self.model)
         self._prefix: tuple[tuple[int, ...], Any] | None = None
+        self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -112,22 +114,26 @@ class CausalLMReader(Reader):
             "input_ids": torch.tensor(input_ids, device=self.device),
             "attention_mask": torch.tensor(mask, device=self.device),
         }
-        if shared:
-            inputs[self._cache_key] = self._prefix_cache(tuple(ids[0][:shared]), len(ids))
-        stop = {"stop_strings": list(self.template.stop), "tokenizer": self.tokenizer} if self.template.stop else {}
+        cache = self._prefix_cache(tuple(ids[0][:shared]), len(ids)) if shared else None
         with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
+            new_tokens = greedy_decode(
+                self.model,
+                inputs["input_ids"],
+                inputs["attention_mask"],
                 max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=pad,
-                **stop,
+                end_ids=self.end_ids,
+                cache=cache,
+                cache_key=self._cache_key,
             )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [self.cut(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def cut(self, text: str) -> str:
+        """The text up to the first stop string (the token that holds it may carry more)."""
+        for stop in self.template.stop:
+            index = text.find(stop)
+            if index >= 0:
+                text = text[:index]
+        return text
 
     def _prefix_cache(self, prefix: tuple[int, ...], batch: int) -> Any:
         """The key/value cache of ``prefix``, computed once and copied out for a batch."""
@@ -153,6 +159,15 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     while length < limit and all(row[length] == first[length] for row in rows):
         length += 1
     return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """End-of-sequence ids from the generation config and the tokenizer."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
 
 
 def cache_keyword(model: Any) -> str:

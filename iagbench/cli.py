@@ -1,0 +1,216 @@
+"""The `iagbench` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ConfigurationError, IagbenchError
+from .options import parse_options
+from .plugins import Plugins, default_plugins
+from .registry import KINDS
+
+DATA_ENV = "IAGBENCH_DATA"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iagbench", description="Benchmark imaginer x reader combinations on open-domain QA.")
+    parser.add_argument("--version", action="version", version=f"iagbench {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run (or resume) an imaginer + reader over a dataset split")
+    _component_arguments(run)
+    run.add_argument("--imaginer", default="none", help="imaginer name (default: none)")
+    run.add_argument("--reader", required=True, help="reader name, e.g. smollm2-135m")
+    run.add_argument("--imaginer-args", default="", metavar="K=V,...", help="imaginer options")
+    run.add_argument("--reader-args", default="", metavar="K=V,...", help="reader options")
+    run.add_argument("--metrics", default="", help="comma-separated metric names (default: all registered)")
+    run.add_argument("--batch-size", type=int, default=16, help="examples per imaginer/reader call (default: 16)")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    run.add_argument("--output", type=Path, help="run folder (default: runs/<components>__<config hash>)")
+    run.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("IAGBENCH_RUNS", "runs")), help="where default run folders go")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    listing = commands.add_parser("list", help="list registered components (never imports torch)")
+    listing.add_argument("kind", nargs="?", choices=KINDS, help="one kind only")
+
+    commands.add_parser("plugins", help="installed plugins, versions and hooks, as JSON")
+
+    score = commands.add_parser("score", help="score a JSON-lines file or a run folder; print the metrics as JSON")
+    score.add_argument("path", type=Path, help="lines with 'prediction' and 'answers' (and optional 'ctxs'), or a run folder")
+    score.add_argument("--metrics", default="", help="comma-separated metric names (default: all registered)")
+    score.add_argument("--write", action="store_true", help="for a run folder: store the new scores in it")
+
+    report = commands.add_parser("report", help="one table with a row per run")
+    report.add_argument("runs", nargs="+", type=Path, help="run folders")
+    report.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex", "json"))
+
+    data = commands.add_parser("data", help="export or summarise datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    export = data_commands.add_parser("export", help="write a split as JSON lines to stdout")
+    export.add_argument("dataset")
+    export.add_argument("--split", required=True)
+    export.add_argument("--limit", type=int)
+    _data_arguments(export)
+    stats = data_commands.add_parser("stats", help="summarise a dataset's splits")
+    stats.add_argument("dataset")
+    stats.add_argument("--split", action="append", help="split(s) to summarise (default: all)")
+    _data_arguments(stats)
+    return parser
+
+
+def _component_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="sample", help="dataset name (default: sample, the smoke-test set)")
+    parser.add_argument("--split", default="test", help="split (default: test)")
+    parser.add_argument("--limit", type=int, help="only the first N examples")
+    _data_arguments(parser)
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help=f"data folder (default: ${DATA_ENV})")
+    parser.add_argument("--dataset-args", default="", metavar="K=V,...", help="dataset options")
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = parse_options(args.dataset_args, flag="--dataset-args")
+    if args.data_dir:
+        if "data_dir" in options:
+            raise ConfigurationError("give the data folder once: --data-dir or --dataset-args data_dir=...")
+        options["data_dir"] = args.data_dir
+    return options
+
+
+def names(text: str) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] or None
+
+
+def non_default_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line values that differ from their defaults (recorded with every run)."""
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    changed = {}
+    for action in sub._actions:
+        if action.dest in ("help",):
+            continue
+        value = getattr(args, action.dest, None)
+        if value != action.default:
+            changed[action.dest] = str(value) if isinstance(value, Path) else value
+    return changed
+
+
+def command_run(args: argparse.Namespace, plugins: Plugins, parser: argparse.ArgumentParser) -> int:
+    from .runner import RunSpec, run
+    from .runs import RunFolder
+    from .report import render
+
+    if args.batch_size < 1:
+        raise ConfigurationError(f"--batch-size {args.batch_size}: expected a positive integer")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigurationError(f"--limit {args.limit}: expected a positive integer")
+    spec = RunSpec(
+        dataset=args.dataset,
+        split=args.split,
+        imaginer=args.imaginer,
+        reader=args.reader,
+        dataset_args=dataset_options(args),
+        imaginer_args=parse_options(args.imaginer_args, flag="--imaginer-args"),
+        reader_args=parse_options(args.reader_args, flag="--reader-args"),
+        metrics=names(args.metrics),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        output=args.output,
+        runs_dir=args.runs_dir,
+    )
+    folder, _ = run(spec, plugins, progress=not args.no_progress, log=_log, non_default=non_default_options(parser, args))
+    print(render([RunFolder(folder.path)]))
+    print(f"\nrun folder: {folder.path}")
+    return 0
+
+
+def command_list(args: argparse.Namespace, plugins: Plugins) -> int:
+    for kind in [args.kind] if args.kind else KINDS:
+        print(f"{kind}:")
+        for entry in plugins[kind]:
+            aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+            print(f"  {entry.name:<16} {entry.description}{aliases}  [{entry.plugin}]")
+    return 0
+
+
+def command_plugins(plugins: Plugins) -> int:
+    print(json.dumps(plugins.describe(), indent=2))
+    return 0
+
+
+def command_score(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .rescore import rescore_file, rescore_run
+
+    metric_names = names(args.metrics) or [entry.name for entry in plugins["metrics"]]
+    metrics = [plugins["metrics"].get(name).build() for name in metric_names]
+    if args.path.is_dir():
+        summary = rescore_run(args.path, metrics, write=args.write)
+    else:
+        if args.write:
+            raise ConfigurationError("--write applies to run folders only")
+        summary = rescore_file(args.path, metrics)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from .report import render
+    from .runs import RunFolder
+
+    print(render([RunFolder(path) for path in args.runs], args.format))
+    return 0
+
+
+def command_data(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .data_commands import export, stats
+
+    entry = plugins["datasets"].get(args.dataset)
+    dataset = entry.build(**dataset_options(args))
+    if args.data_command == "export":
+        export(dataset, entry.name, args.split, args.limit, sys.stdout)
+    else:
+        print(json.dumps(stats(dataset, entry.name, args.split), indent=2))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "report":
+            return command_report(args)
+        plugins = default_plugins()
+        if args.command == "run":
+            return command_run(args, plugins, parser)
+        if args.command == "list":
+            return command_list(args, plugins)
+        if args.command == "plugins":
+            return command_plugins(plugins)
+        if args.command == "score":
+            return command_score(args, plugins)
+        return command_data(args, plugins)
+    except IagbenchError as error:
+        print(f"iagbench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iagbench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
