@@ -50,13 +50,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch-sizes", default="16,64", help="batch sizes to try for the iagbench reader")
+    parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16 (bf16 is fast on CPUs with AMX)")
     args = parser.parse_args()
 
     plugins = load_plugins(builtins_only=True)
     options = {"data_dir": args.data_dir} if args.data_dir else {}
     dataset = plugins["datasets"].get(args.dataset).build(**options)
     examples = list(dataset.load(args.split))[: args.limit]
-    reader = CausalLMReader(model=args.model)
     print(f"{len(examples)} questions of {args.dataset}/{args.split}; model {args.model}; torch threads {torch.get_num_threads()}")
 
     rows = []
@@ -70,13 +70,16 @@ def main() -> None:
         rows.append([name, round(seconds, 1), round(len(examples) / seconds, 2), round(em, 1), round(sub, 1)])
         print(rows[-1], flush=True)
 
-    measure("plain generate loop (batch 16, 16 new tokens)", lambda: baseline(reader, [e.question for e in examples], 16, 16))
-    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        measure(f"iagbench causal-lm reader (batch {batch_size})", lambda: ours(reader, examples, batch_size))
-    print(tabulate(rows, headers=["method", "seconds", "questions/s", "em", "subspan_em"], tablefmt="github"))
-    base = rows[0][1]
-    for row in rows[1:]:
-        print(f"{row[0]}: {base / row[1]:.2f}x the baseline's speed")
+    for dtype in args.dtypes.split(","):
+        reader = CausalLMReader(model=args.model, dtype=dtype)
+        first = len(rows)
+        questions = [e.question for e in examples]
+        measure(f"{dtype}: plain generate loop (batch 16, 16 new tokens)", lambda: baseline(reader, questions, 16, 16))
+        for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+            measure(f"{dtype}: iagbench causal-lm reader (batch {batch_size})", lambda: ours(reader, examples, batch_size))
+        for row in rows[first + 1 :]:
+            row.append(f"{rows[first][1] / row[1]:.2f}x")
+    print(tabulate(rows, headers=["method", "seconds", "questions/s", "em", "subspan_em", "speed-up"], tablefmt="github"))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def parse_options(text: str | None, *, flag: str = "--args") -> dict[str, Any]:
     options: dict[str, Any] = {}
     if not text:
         return options
-    for item in _split_commas(text):
+    for item in _split_commas(text, flag):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
@@ -35,7 +35,7 @@ def parse_options(text: str | None, *, flag: str = "--args") -> dict[str, Any]:
     return options
 
 
-def _split_commas(text: str) -> list[str]:
+def _split_commas(text: str, flag: str) -> list[str]:
     items, current, quoted = [], [], False
     for char in text:
         if char == '"':
@@ -46,6 +46,6 @@ def _split_commas(text: str) -> list[str]:
         else:
             current.append(char)
     if quoted:
-        raise ConfigurationError(f"unbalanced double quote in options '{text}'")
+        raise ConfigurationError(f"{flag}: unbalanced double quote in '{text}'")
     items.append("".join(current))
     return items

@@ -274,10 +274,21 @@ def _predict(
         for batch in batches(todo, batch_size, order):
             contexts = imaginer.imagine(batch)
             _check_lengths("imaginer", contexts, batch)
+            _check_kinds(imaginer, contexts)
             predictions = reader.answer(batch, contexts)
             _check_lengths("reader", predictions, batch)
             folder.append(prediction_record(e, c, p, metrics) for e, c, p in zip(batch, contexts, predictions))
             bar.update(len(batch))
+
+
+def _check_kinds(imaginer: Imaginer, contexts: Sequence[Context]) -> None:
+    for context in contexts:
+        undeclared = context.kinds - frozenset(imaginer.provides)
+        if undeclared:
+            raise ConfigurationError(
+                f"imaginer {type(imaginer).__name__} returned {sorted(undeclared)} but declares provides="
+                f"{sorted(imaginer.provides)}"
+            )
 
 
 def _check_lengths(component: str, outputs: Sequence[Any], batch: Sequence[Example]) -> None:

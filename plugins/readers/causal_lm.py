@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Reader
 
-from .decoding import greedy_decode, stop_token_ids
+from .decoding import cache_keyword, greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
 from .prompts import get_template
 
@@ -123,7 +122,6 @@ class CausalLMReader(Reader):
                 max_new_tokens=self.max_new_tokens,
                 end_ids=self.end_ids,
                 cache=cache,
-                cache_key=self._cache_key,
             )
         return [self.cut(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -168,11 +166,6 @@ def end_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
-
-
-def cache_keyword(model: Any) -> str:
-    """The name transformers uses for the key/value cache argument ('cache' from v5.2x, before: 'past_key_values')."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 smollm2_135m = functools.partial(CausalLMReader, model="smollm2-135m")

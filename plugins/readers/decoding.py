@@ -7,6 +7,7 @@ of the decoding work. Outputs equal `generate(do_sample=False)` up to the stop r
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -29,12 +30,12 @@ def greedy_decode(
     max_new_tokens: int,
     end_ids: Collection[int],
     cache: Any = None,
-    cache_key: str = "past_key_values",
 ) -> list[list[int]]:
     """New token ids per row; a row ends after a token in ``end_ids`` (kept) or at ``max_new_tokens``.
 
     ``cache`` may already hold the first ``cache_length`` columns of ``input_ids`` (a shared prefix).
     """
+    cache_key = cache_keyword(model)
     rows = input_ids.shape[0]
     cached = cache.get_seq_length() if cache is not None else 0
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -67,3 +68,8 @@ def greedy_decode(
         step_positions = (last_positions + 1)[:, None]
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
     return generated
+
+
+def cache_keyword(model: Any) -> str:
+    """The name transformers uses for the key/value cache argument ('cache' in 5.2x, before: 'past_key_values')."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

