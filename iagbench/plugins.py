@@ -32,6 +32,8 @@ class Plugins:
 
     manager: pluggy.PluginManager
     registries: dict[str, Registry] = field(default_factory=dict)
+    # (distribution, version) of plugins registered from entry points without pluggy's loader
+    distributions: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __getitem__(self, kind: str) -> Registry:
         return self.registries[kind]
@@ -42,6 +44,7 @@ class Plugins:
         described = []
         for name, plugin in sorted(self.manager.list_name_plugin(), key=lambda item: item[0]):
             dist = dists.get(id(plugin))
+            project, version = (dist.project_name, dist.version) if dist else self.distributions.get(name, (None, None))
             hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or ())
             components = {
                 kind: sorted(entry.name for entry in self.registries[kind] if entry.plugin == name) for kind in KINDS
@@ -49,8 +52,8 @@ class Plugins:
             described.append(
                 {
                     "name": name,
-                    "distribution": dist.project_name if dist else None,
-                    "version": dist.version if dist else None,
+                    "distribution": project,
+                    "version": version,
                     "module": getattr(plugin, "__name__", repr(plugin)),
                     "hooks": hooks,
                     "components": {kind: names for kind, names in components.items() if names},
@@ -97,23 +100,29 @@ def load_plugins(
     plugin objects (modules or instances with hookimpls) directly.
     """
     manager = new_manager()
-    if builtins_only:
-        for ep in builtin_entry_points():
-            manager.register(ep.load(), name=ep.name)
-    elif entry_points:
-        manager.load_setuptools_entrypoints(GROUP)
+    distributions: dict[str, tuple[str, str]] = {}
     files = plugin_files if plugin_files is not None else tuple(filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)))
-    for path in files:
-        manager.register(load_plugin_file(path), name=f"file:{path}")
-    for plugin in extra:
-        manager.register(plugin)
-    manager.check_pending()
-    return collect(manager)
+    try:
+        if builtins_only:
+            for ep in builtin_entry_points():
+                manager.register(ep.load(), name=ep.name)
+                distributions[ep.name] = (ep.dist.name, ep.dist.version)
+        elif entry_points:
+            manager.load_setuptools_entrypoints(GROUP)
+        for path in files:
+            manager.register(load_plugin_file(path), name=f"file:{path}")
+        for plugin in extra:
+            manager.register(plugin)
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:  # a misspelt hook or argument: one line, not a traceback
+        hooks = ", ".join(f"register_{kind}" for kind in KINDS)
+        raise ConfigurationError(f"{' '.join(str(error).split())} (hooks: {hooks})") from None
+    return collect(manager, distributions)
 
 
-def collect(manager: pluggy.PluginManager) -> Plugins:
+def collect(manager: pluggy.PluginManager, distributions: dict[str, tuple[str, str]] | None = None) -> Plugins:
     """Call every plugin's register hooks, attributing each registration to its plugin."""
-    plugins = Plugins(manager, {kind: Registry(kind) for kind in KINDS})
+    plugins = Plugins(manager, {kind: Registry(kind) for kind in KINDS}, dict(distributions or {}))
     for kind in KINDS:
         caller = getattr(manager.hook, f"register_{kind}")
         for impl in caller.get_hookimpls():
@@ -131,7 +140,8 @@ def _register(registry: Registry, plugin: str, name: str, factory: object, *, al
             f"plugin '{plugin}' registered {registry.kind[:-1]} '{name}' with a factory that is neither callable "
             "nor a 'module:attribute' string"
         )
-    registry.register(name, factory, plugin=plugin, aliases=tuple(aliases), description=description)
+    aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+    registry.register(name, factory, plugin=plugin, aliases=aliases, description=description)
 
 
 @functools.cache

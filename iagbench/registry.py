@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,25 @@ class Entry:
         return getattr(factory, attribute)
 
     def build(self, **options: Any) -> Any:
-        return self.load()(**options)
+        """Build the component; options the factory does not take are refused before it is called."""
+        factory = self.load()
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # some builtins have no signature: nothing to check
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**options)
+            except TypeError as error:
+                accepted = [
+                    name
+                    for name, parameter in signature.parameters.items()
+                    if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+                ]
+                raise ConfigurationError(
+                    f"{self.kind[:-1]} '{self.name}': {error}; its options: {', '.join(accepted) or '(none)'}"
+                ) from None
+        return factory(**options)
 
 
 class Registry:

@@ -199,35 +199,39 @@ def run(
     digest = config_hash(ident)
     name = folder_name(resolved.dataset.name, spec.split, resolved.imaginer.name, resolved.reader.name, digest)
     folder = RunFolder(spec.output or spec.runs_dir / name)
-    if folder.exists() and folder.is_finished():
-        folder.claim({"identity": ident, "plugins": plugin_versions(plugins, resolved)}, {})
-        log(f"run already finished: {folder.path} (not recomputed)")
-        return folder, folder.results()
+    versions = plugin_versions(plugins, resolved)
+    if folder.exists():
+        folder.check(ident, versions)
+        if folder.is_finished():
+            log(f"run already finished: {folder.path} (not recomputed)")
+            return folder, folder.results()
 
     done = {record["id"] for record in folder.records(repair=True)} if folder.exists() else set()
     todo = [example for example in examples if example.id not in done]
-    config = {
-        "name": name,
-        "hash": digest,
-        "identity": ident,
-        "batch_size": spec.batch_size,
-        "batch_order": spec.order,
-        "metrics": metric_versions(resolved.metrics),
-        "plugins": plugin_versions(plugins, resolved),
-        "dataset_source": dataset.describe(spec.split),
-        "iagbench_version": __version__,
-        "non_default_options": non_default or {},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    folder.claim(config, environment())
-    config = folder.config()
-    log(f"run folder: {folder.path} ({len(done)} of {len(examples)} examples already done)")
-
     started = time.perf_counter()
-    if todo:
+    if todo:  # build (and so validate) the components before anything is written
         seed_everything(spec.seed)
         imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
         reader: Reader = resolved.reader.build(**spec.reader_args)
+    folder.start(
+        {
+            "name": name,
+            "hash": digest,
+            "identity": ident,
+            "batch_size": spec.batch_size,
+            "batch_order": spec.order,
+            "metrics": metric_versions(resolved.metrics),
+            "plugins": versions,
+            "dataset_source": dataset.describe(spec.split),
+            "iagbench_version": __version__,
+            "non_default_options": non_default or {},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        environment(),
+    )
+    config = folder.config()
+    log(f"run folder: {folder.path} ({len(done)} of {len(examples)} examples already done)")
+    if todo:
         _record_components(folder, imaginer, reader)
         _predict(
             todo, imaginer, reader, resolved.metrics, folder, spec.batch_size, spec.order, progress, len(examples), len(done)

@@ -87,31 +87,33 @@ class RunFolder:
             raise RunFolderError(f"{self.path}: run not finished (no {RESULTS}); run the same command again to resume it")
         return read_json(self.results_path)
 
-    def claim(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
-        """Create the folder for ``config``, or check that an existing one holds the same configuration."""
-        if self.exists():
-            previous = self.config()
-            differences = diff_paths(previous.get("identity"), config["identity"])
-            if differences:
+    def check(self, identity: dict[str, Any], plugins: dict[str, Any]) -> None:
+        """Refuse a folder that holds another configuration or was started by other plugin versions."""
+        previous = self.config()
+        differences = diff_paths(previous.get("identity"), identity)
+        if differences:
+            raise RunFolderError(
+                f"{self.config_path}: this folder holds another configuration (differs in: "
+                f"{', '.join(differences[:5])}); choose another --output"
+            )
+        recorded = previous.get("plugins", {})
+        for name, version in plugins.items():
+            if recorded.get(name) not in (None, version):
                 raise RunFolderError(
-                    f"{self.config_path}: this folder holds another configuration (differs in: "
-                    f"{', '.join(differences[:5])}); choose another --output"
+                    f"{self.config_path}: started with plugin '{name}' {recorded[name]}, now {version}; resume with "
+                    "the same version or choose another --output"
                 )
-            mismatched = {
-                name: (previous.get("plugins", {}).get(name), version)
-                for name, version in config.get("plugins", {}).items()
-                if previous.get("plugins", {}).get(name) not in (None, version)
-            }
-            if mismatched:
-                name, (old, new) = next(iter(mismatched.items()))
-                raise RunFolderError(
-                    f"{self.config_path}: started with plugin '{name}' {old}, now {new}; resume with the same "
-                    "version or choose another --output"
-                )
+
+    def start(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
+        """Write config.json for a new run, and this session's environment into env.json."""
+        if not self.exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.config_path, config)
+            write_json_atomic(self.env_path, environment)
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.config_path, config)
-        write_json_atomic(self.env_path, environment)
+        recorded = read_json(self.env_path) if self.env_path.exists() else {}
+        recorded.setdefault("resumed", []).append(environment)
+        write_json_atomic(self.env_path, recorded)
 
     def records(self, *, repair: bool = False) -> list[dict[str, Any]]:
         """The prediction records written so far; ``repair`` drops a last line cut short by a crash."""
@@ -127,7 +129,8 @@ class RunFolder:
                 handle.truncate(cut)
             data = data[:cut]
         records, seen = [], set()
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        # split on "\n" only: str.splitlines() would also split inside strings holding U+2028, U+0085...
+        for number, line in enumerate(data.decode("utf-8").split("\n")[:-1], start=1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
