@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench import ConfigurationError
+from iagbench.cache import cache_root, file_sha256
 
 
 @dataclass(frozen=True)
@@ -100,21 +100,6 @@ def _preset_source(name: str, preset: Preset) -> ModelSource:
         return ModelSource("gguf", str(folder), gguf_file=preset.gguf_file, preset=name)
     assert preset.hub_id is not None
     return ModelSource("hub", preset.hub_id, preset=name)
-
-
-def cache_root() -> Path:
-    root = os.environ.get("IAGBENCH_CACHE")
-    if root:
-        return Path(root).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "iagbench"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(source: ModelSource, *, dtype: Any, device: str, seed: int = 0) -> tuple[Any, Any, dict[str, Any]]:
