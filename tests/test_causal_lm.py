@@ -153,3 +153,25 @@ def test_smollm2_answers_easy_questions() -> None:
     answers = reader.answer(examples(questions), [Context()] * 3)
     assert reader.describe()["model"]["kind"] == "gguf"
     assert [a.lower() for a in answers] == ["paris", "william shakespeare", "jupiter"]
+
+
+def test_passages_are_fitted_in_rank_order_and_the_cut_is_recorded() -> None:
+    reader = CausalLMReader(model="tiny-llama", max_new_tokens=2)
+    passages = [Passage("alpha " * 40, "A"), Passage("beta " * 40, "B"), Passage("gamma " * 40, "C")]
+    alone = reader.count(reader.render("q", [Passage("", p.title) for p in passages]))
+    reader.max_input_tokens = alone + 240 + 100  # byte tokenizer: one token a byte; room for 1.4 passages
+    prompt, info = reader.fit("q", passages)
+    assert info["prompt_tokens"] == reader.count(prompt) <= reader.max_input_tokens
+    assert info["passages_given"] == 3
+    assert "alpha " * 40 in prompt  # the top passage stays whole
+    assert info["passages_cut"] == [1] and info["passages_in_prompt"] == 2
+    assert "beta " * 10 in prompt and "gamma" not in prompt
+    answers = reader.answer([Example("1", "q", ("x",))], [Context(passages=tuple(passages))])
+    assert answers[0].details == info
+
+
+def test_passage_tokens_caps_each_passage() -> None:
+    reader = CausalLMReader(model="tiny-llama", max_new_tokens=2, passage_tokens=10)
+    prompt, info = reader.fit("q", [Passage("0123456789abcdef", "T"), Passage("short", "U")])
+    assert "0123456789" in prompt and "0123456789a" not in prompt and "short" in prompt
+    assert info["passages_cut"] == [0] and info["passages_in_prompt"] == 2

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from iagbench import Answer, ConfigurationError, Context, Example, Reader
+from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 
 from .decoding import cache_keyword, greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
@@ -50,6 +50,8 @@ class CausalLMReader(Reader):
         device: str = "auto",
         chat: bool | str = "auto",
         prefix_cache: bool = True,
+        max_input_tokens: int | None = None,
+        passage_tokens: int | None = None,
         seed: int = 0,
     ):
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -67,6 +69,11 @@ class CausalLMReader(Reader):
         if self.chat and not has_chat_template:
             raise ConfigurationError(f"reader option chat=true, but model '{model}' has no chat template")
         self.max_new_tokens = max_new_tokens
+        self.max_input_tokens = max_input_tokens or self._context_length() - max_new_tokens
+        self.passage_tokens = passage_tokens
+        for name, value in (("max_input_tokens", self.max_input_tokens), ("passage_tokens", passage_tokens)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"reader option {name}={value!r}: expected a positive integer")
         self.prefix_cache = bool(prefix_cache)
         self._cache_key = cache_keyword(self.model)
         self._prefix: tuple[tuple[int, ...], Any] | None = None
@@ -82,17 +89,71 @@ class CausalLMReader(Reader):
             "device": self.device,
             "decoding": "greedy",
             "prefix_cache": self.prefix_cache,
+            "max_input_tokens": self.max_input_tokens,
+            "passage_tokens": self.passage_tokens,
         }
 
+    def _context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+
     def prompts(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
-        return [
-            self.template.render(example.question, context.passages, self.tokenizer, chat=self.chat)
-            for example, context in zip(examples, contexts)
-        ]
+        return [prompt for prompt, _ in self.fitted_prompts(examples, contexts)]
+
+    def fitted_prompts(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[tuple[str, dict[str, Any]]]:
+        """Each prompt with a record of how its passages were fitted into ``max_input_tokens``."""
+        return [self.fit(example.question, context.passages) for example, context in zip(examples, contexts)]
+
+    def render(self, question: str, passages: Sequence[Passage]) -> str:
+        return self.template.render(question, passages, self.tokenizer, chat=self.chat)
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"])
+
+    def fit(self, question: str, passages: Sequence[Passage]) -> tuple[str, dict[str, Any]]:
+        """The prompt, with passages cut to ``passage_tokens`` each and, in rank order, to the input budget.
+
+        Top-ranked passages are kept whole as long as they fit; the first one that does not is cut
+        at a token boundary and the rest are left out. What was cut is returned for the record.
+        """
+        if not passages:
+            prompt = self.render(question, passages)
+            return prompt, {"prompt_tokens": self.count(prompt)}
+        texts = [self._tokens(p.text) for p in passages]
+        if self.passage_tokens:
+            texts = [tokens[: self.passage_tokens] for tokens in texts]
+        overhead = self.count(self.render(question, [Passage("", p.title) for p in passages]))
+        budget = self.max_input_tokens - overhead - 2 * len(passages)  # room for token merges at the seams
+        kept: list[Passage] = []
+        cut: list[int] = []
+        for index, (passage, tokens) in enumerate(zip(passages, texts)):
+            original = len(self._tokens(passage.text))
+            take = tokens[: max(budget, 0)]
+            if not take:
+                break
+            budget -= len(take)
+            if len(take) < original:
+                cut.append(index)
+            kept.append(Passage(self.tokenizer.decode(take), passage.title, passage.id, passage.score))
+        prompt = self.render(question, kept)
+        info = {
+            "prompt_tokens": self.count(prompt),
+            "passages_given": len(passages),
+            "passages_in_prompt": len(kept),
+            "passages_cut": cut,
+        }
+        if info["prompt_tokens"] > self.max_input_tokens and kept:
+            raise ConfigurationError(
+                f"prompt of {info['prompt_tokens']} tokens exceeds max_input_tokens={self.max_input_tokens} after fitting"
+            )
+        return prompt, info
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
-        generated = self.generate(self.prompts(examples, contexts))
-        return [Answer(self.template.answer(text), raw=text) for text in generated]
+        fitted = self.fitted_prompts(examples, contexts)
+        generated = self.generate([prompt for prompt, _ in fitted])
+        return [Answer(self.template.answer(text), raw=text, details=info) for text, (_, info) in zip(generated, fitted)]
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
         """Greedy continuations of ``prompts``, stopped at the template's stop strings or end of sequence.
