@@ -67,3 +67,26 @@ class Metric(ABC):
     @abstractmethod
     def score(self, prediction: str, answers: Sequence[str], passages: Sequence[Passage]) -> dict[str, float]:
         """Return named per-example scores in [0, 1]; an empty dict where the metric does not apply."""
+
+
+class Trainable:
+    """Mixin for components with parts that `iagbench train` can train.
+
+    ``trainable_module()`` returns the ``torch.nn.Module`` holding the trainable parameters (the
+    rest stays frozen) or None; the trainer optimises it, saves only its ``state_dict()``, and
+    restores it with ``load_state_dict``. A trainable reader also implements ``loss`` (a scalar
+    tensor: the cross-entropy of the gold answers given the contexts, differentiable through
+    them); a trainable imaginer's ``imagine`` keeps gradients unless called under ``torch.no_grad``.
+    """
+
+    def trainable_module(self) -> Any:
+        return None
+
+    def train(self, mode: bool = True) -> None:
+        """Switch dropout and similar layers to training (``mode``) or evaluation behaviour."""
+        module = self.trainable_module()
+        if module is not None:
+            module.train(mode)
+
+    def loss(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} cannot compute a training loss")
