@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
+from iagbench.components import Trainable
 
 from .decoding import cache_keyword, greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
@@ -35,10 +36,14 @@ def pick_dtype(dtype: str, device: str) -> Any:
         raise ConfigurationError(f"reader option dtype={dtype!r}: expected auto, bf16, fp16 or fp32") from None
 
 
-class CausalLMReader(Reader):
-    """Reads the question (and passages, when the imaginer gives some) and generates a short answer."""
+class CausalLMReader(Reader, Trainable):
+    """Reads the question (and passages, adapters, when the imaginer gives them) and generates a short answer.
 
-    accepts = frozenset({"passages"})
+    Adapters (per-example LoRA weights, e.g. from `hyperlora`) are applied to every row of a batch
+    with batched matrix products. ``lora_rank > 0`` adds a trainable peft LoRA (the LoRA baseline).
+    """
+
+    accepts = frozenset({"passages", "adapter"})
 
     def __init__(
         self,
@@ -52,6 +57,8 @@ class CausalLMReader(Reader):
         prefix_cache: bool = True,
         max_input_tokens: int | None = None,
         passage_tokens: int | None = None,
+        lora_rank: int = 0,
+        checkpoint: str | None = None,
         seed: int = 0,
     ):
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -61,6 +68,7 @@ class CausalLMReader(Reader):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.model, self.tokenizer, self.model_info = load_model(self.source, dtype=self.dtype, device=self.device, seed=seed)
+        self.model.requires_grad_(False)  # the reader stays frozen; only adapters or a peft LoRA train
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -77,6 +85,16 @@ class CausalLMReader(Reader):
         self.prefix_cache = bool(prefix_cache)
         self._cache_key = cache_keyword(self.model)
         self._prefix: tuple[tuple[int, ...], Any] | None = None
+        self._lora: Any = None  # BatchedLoRA hooks, made at the first batch with adapters
+        self.lora_rank = lora_rank
+        self._peft = add_peft_lora(self, lora_rank) if lora_rank else None
+        self.checkpoint = checkpoint
+        if checkpoint:
+            if self._peft is None:
+                raise ConfigurationError("reader option checkpoint=... needs lora_rank=R (the rank it was trained with)")
+            from iagbench.checkpoints import load_trainable
+
+            load_trainable(self, checkpoint, "reader")
         self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
 
     def describe(self) -> dict[str, Any]:
@@ -91,7 +109,12 @@ class CausalLMReader(Reader):
             "prefix_cache": self.prefix_cache,
             "max_input_tokens": self.max_input_tokens,
             "passage_tokens": self.passage_tokens,
+            "lora_rank": self.lora_rank,
+            "checkpoint": self.checkpoint,
         }
+
+    def trainable_module(self) -> Any:
+        return self._peft
 
     def _context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
@@ -152,10 +175,29 @@ class CausalLMReader(Reader):
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
         fitted = self.fitted_prompts(examples, contexts)
-        generated = self.generate([prompt for prompt, _ in fitted])
+        generated = self.generate([prompt for prompt, _ in fitted], self._adapters(contexts))
         return [Answer(self.template.answer(text), raw=text, details=info) for text, (_, info) in zip(generated, fitted)]
 
-    def generate(self, prompts: Sequence[str]) -> list[str]:
+    def _adapters(self, contexts: Sequence[Context]) -> list[Any] | None:
+        adapters = [context.adapter for context in contexts]
+        if all(adapter is None for adapter in adapters):
+            return None
+        if any(adapter is None for adapter in adapters):
+            raise ConfigurationError("a batch mixes examples with and without adapters")
+        if self._lora is None:
+            from iagbench_plugins.hyperlora.adapters import BatchedLoRA
+
+            self._lora = BatchedLoRA(self.model, sorted(adapters[0].a))
+        return adapters
+
+    def _lora_active(self, adapters: list[Any] | None) -> Any:
+        import contextlib
+
+        if adapters is None:
+            return contextlib.nullcontext(None)
+        return self._lora.active(adapters, dtype=self.dtype, device=self.device)
+
+    def generate(self, prompts: Sequence[str], adapters: list[Any] | None = None) -> list[str]:
         """Greedy continuations of ``prompts``, stopped at the template's stop strings or end of sequence.
 
         The token prefix that all prompts of the batch share (instruction, worked examples) is
@@ -165,7 +207,8 @@ class CausalLMReader(Reader):
         import torch
 
         ids = [self.tokenizer(p, add_special_tokens=not self.chat)["input_ids"] for p in prompts]
-        shared = shared_prefix_length(ids) if self.prefix_cache else 0
+        # Adapters change every token's keys and values, the shared prefix's too: no prefix cache then.
+        shared = shared_prefix_length(ids) if self.prefix_cache and adapters is None else 0
         pad = self.tokenizer.pad_token_id
         width = max(len(row) - shared for row in ids)
         input_ids = [row[:shared] + [pad] * (width - len(row) + shared) + row[shared:] for row in ids]
@@ -175,7 +218,7 @@ class CausalLMReader(Reader):
             "attention_mask": torch.tensor(mask, device=self.device),
         }
         cache = self._prefix_cache(tuple(ids[0][:shared]), len(ids)) if shared else None
-        with torch.inference_mode():
+        with torch.inference_mode(), self._lora_active(adapters) as lora:
             new_tokens = greedy_decode(
                 self.model,
                 inputs["input_ids"],
@@ -183,6 +226,7 @@ class CausalLMReader(Reader):
                 max_new_tokens=self.max_new_tokens,
                 end_ids=self.end_ids,
                 cache=cache,
+                on_select=lora.select if lora is not None else None,
             )
         return [self.cut(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -193,6 +237,31 @@ class CausalLMReader(Reader):
             if index >= 0:
                 text = text[:index]
         return text
+
+    def loss(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
+        """Mean cross-entropy of each example's first gold answer (then the stop string) after its prompt.
+
+        Prompt tokens are masked out of the loss; gradients flow into adapters and peft LoRA weights.
+        """
+        import torch
+
+        rows, labels = [], []
+        for (prompt, _), example in zip(self.fitted_prompts(examples, contexts), examples):
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
+            target = " " + example.answers[0] + (self.template.stop[0] if self.template.stop else self.tokenizer.eos_token)
+            target_ids = self._tokens(target)
+            rows.append(prompt_ids + target_ids)
+            labels.append([-100] * len(prompt_ids) + target_ids)
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
+        label_ids = torch.tensor([row + [-100] * (width - len(row)) for row in labels], device=self.device)
+        with self._lora_active(self._adapters(contexts)):
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), label_ids[:, 1:].reshape(-1), ignore_index=-100
+        )
 
     def _prefix_cache(self, prefix: tuple[int, ...], batch: int) -> Any:
         """The key/value cache of ``prefix``, computed once and copied out for a batch."""
@@ -218,6 +287,24 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     while length < limit and all(row[length] == first[length] for row in rows):
         length += 1
     return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def add_peft_lora(reader: CausalLMReader, rank: int) -> Any:
+    """Wrap the reader's model with a trainable peft LoRA on the Llama projections; return its LoRA weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from iagbench_plugins.hyperlora.adapters import LLAMA_TARGETS
+
+    if not isinstance(rank, int) or rank < 1:
+        raise ConfigurationError(f"reader option lora_rank={rank!r}: expected a positive integer")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LLAMA_TARGETS))
+    reader.model = get_peft_model(reader.model, config)
+    weights = torch.nn.ModuleDict()
+    for name, module in reader.model.named_modules():
+        if hasattr(module, "lora_A") and len(module.lora_A):
+            weights[name.replace(".", "__")] = torch.nn.ModuleDict({"A": module.lora_A, "B": module.lora_B})
+    return weights
 
 
 def end_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -8,7 +8,7 @@ of the decoding work. Outputs equal `generate(do_sample=False)` up to the stop r
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -30,10 +30,13 @@ def greedy_decode(
     max_new_tokens: int,
     end_ids: Collection[int],
     cache: Any = None,
+    on_select: Callable[[torch.Tensor], None] | None = None,
 ) -> list[list[int]]:
     """New token ids per row; a row ends after a token in ``end_ids`` (kept) or at ``max_new_tokens``.
 
-    ``cache`` may already hold the first ``cache_length`` columns of ``input_ids`` (a shared prefix).
+    ``cache`` may already hold the first columns of ``input_ids`` (a shared prefix). ``on_select``
+    is told which rows stay whenever finished rows leave the batch (to drop per-row state such as
+    adapters).
     """
     cache_key = cache_keyword(model)
     rows = input_ids.shape[0]
@@ -64,6 +67,8 @@ def greedy_decode(
         if len(keep) < len(alive):
             alive, next_ids, last_positions, mask = alive[keep], next_ids[keep], last_positions[keep], mask[keep]
             cache.batch_select_indices(keep)
+            if on_select is not None:
+                on_select(keep)
         step_ids = next_ids[:, None]
         step_positions = (last_positions + 1)[:, None]
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
