@@ -51,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", type=Path, help="run folders")
     report.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex", "json"))
 
+    index = commands.add_parser("index", help="build retrieval indexes ahead of runs")
+    index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    build = index_commands.add_parser("build", help="build (or find) the index of a corpus; print where it is, as JSON")
+    build.add_argument("--corpus", required=True, help="DPR passages TSV, {id,title,text} JSON lines, or FlashRAG {id,contents} JSON lines")
+    build.add_argument("--kind", required=True, metavar="IMAGINER", help="retriever whose index to build: bm25, dense or hybrid")
+    build.add_argument("--model", help="dense model: name, hub id or folder (default: all-MiniLM-L6-v2)")
+    build.add_argument("--args", default="", metavar="K=V,...", help="other retriever options (k1=, b=, normalize=...)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    retrieve = commands.add_parser("retrieve", help="write each question's retrieved passages as FiD-format JSON lines")
+    _component_arguments(retrieve)
+    retrieve.add_argument("--imaginer", required=True, help="retriever, e.g. bm25")
+    retrieve.add_argument("--imaginer-args", default="", metavar="K=V,...", help="retriever options, e.g. corpus=PATH,k=100")
+    retrieve.add_argument("--output", type=Path, required=True, help="JSON-lines file to write (.gz: gzip)")
+    retrieve.add_argument("--batch-size", type=int, default=64, help="questions per retriever call (default: 64)")
+    retrieve.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     data = commands.add_parser("data", help="export or summarise datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     export = data_commands.add_parser("export", help="write a split as JSON lines to stdout")
@@ -182,6 +199,40 @@ def command_data(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def command_index(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .retrieve_commands import index_build
+
+    options = parse_options(args.args, flag="--args")
+    if args.model:
+        if "model" in options:
+            raise ConfigurationError("give the model once: --model or --args model=...")
+        options["model"] = args.model
+    print(json.dumps(index_build(plugins, args.kind, args.corpus, options, progress=not args.no_progress), indent=2))
+    return 0
+
+
+def command_retrieve(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .retrieve_commands import retrieve
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigurationError(f"--limit {args.limit}: expected a positive integer")
+    summary = retrieve(
+        plugins,
+        dataset=args.dataset,
+        dataset_options=dataset_options(args),
+        split=args.split,
+        imaginer=args.imaginer,
+        imaginer_options=parse_options(args.imaginer_args, flag="--imaginer-args"),
+        output=args.output,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        log=_log,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -201,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_plugins(plugins)
         if args.command == "score":
             return command_score(args, plugins)
+        if args.command == "index":
+            return command_index(args, plugins)
+        if args.command == "retrieve":
+            return command_retrieve(args, plugins)
         return command_data(args, plugins)
     except IagbenchError as error:
         print(f"iagbench: error: {error}", file=sys.stderr)

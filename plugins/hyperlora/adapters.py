@@ -3,7 +3,7 @@
 An adapter holds, for each target module type (``q_proj``, ``down_proj``...), a down matrix
 ``A`` of shape (layers, d_in, r) and an up matrix ``B`` of shape (layers, r, d_out). For a batch,
 the adapters are stacked and every target ``nn.Linear`` gets ``y += (x @ A_b) @ B_b * scale`` for
-each row b in two batched matrix products (``torch.bmm``), never a loop over examples.
+each row b in two batched matrix products, never a loop over examples.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class BatchedLoRA:
             if a is None:
                 return output
             x = inputs[0]
-            delta = torch.bmm(torch.bmm(x.to(a.dtype), a[:, layer]), self._b[kind][:, layer])
+            delta = torch.matmul(torch.matmul(x.to(a.dtype), a[layer]), self._b[kind][layer])
             return output + (delta * self._scale).to(output.dtype)
 
         return add_lora
@@ -90,18 +90,23 @@ class BatchedLoRA:
     def active(self, adapters: Sequence[LoRAAdapter], dtype: torch.dtype, device: Any) -> Iterator["BatchedLoRA"]:
         """Apply ``adapters`` (one per batch row) inside the block."""
         self._check(adapters)
-        self._a = {kind: torch.stack([ad.a[kind] for ad in adapters]).to(device=device, dtype=dtype) for kind in self.shapes}
-        self._b = {kind: torch.stack([ad.b[kind] for ad in adapters]).to(device=device, dtype=dtype) for kind in self.shapes}
+        # Layer-major (layers, batch, d_in, r): each hook reads one contiguous (batch, d_in, r) block.
+        self._a = {kind: self._stack([ad.a[kind] for ad in adapters], dtype, device) for kind in self.shapes}
+        self._b = {kind: self._stack([ad.b[kind] for ad in adapters], dtype, device) for kind in self.shapes}
         self._scale = adapters[0].scale
         try:
             yield self
         finally:
             self._a, self._b = {}, {}
 
+    @staticmethod
+    def _stack(matrices: list[torch.Tensor], dtype: torch.dtype, device: Any) -> torch.Tensor:
+        return torch.stack(matrices, dim=1).to(device=device, dtype=dtype).contiguous()
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` of the active batch (rows that finished decoding are dropped)."""
-        self._a = {kind: a.index_select(0, rows) for kind, a in self._a.items()}
-        self._b = {kind: b.index_select(0, rows) for kind, b in self._b.items()}
+        self._a = {kind: a.index_select(1, rows) for kind, a in self._a.items()}
+        self._b = {kind: b.index_select(1, rows) for kind, b in self._b.items()}
 
     def _check(self, adapters: Sequence[LoRAAdapter]) -> None:
         for adapter in adapters:
