@@ -20,12 +20,18 @@ from iagbench.registry import Entry, Registry
 from iagbench.runner import RunSpec, check_compatible, resolve, run
 from iagbench_plugins.imaginers import NoImagination
 
-BUILTIN_PLUGINS = {"iagbench-datasets", "iagbench-imaginers", "iagbench-readers", "iagbench-metrics"}
+BUILTINS = {  # plugin -> kind -> names it registers
+    "iagbench-datasets": {"datasets": {"nq", "triviaqa", "webq", "fid-json", "sample"}},
+    "iagbench-imaginers": {"imaginers": {"none", "given"}},
+    "iagbench-hyperlora": {"imaginers": {"hyperlora"}},
+    "iagbench-retrieval": {"imaginers": {"bm25", "dense", "hybrid"}},
+    "iagbench-readers": {"readers": {"causal-lm", "smollm2-135m", "llama-7b", "llama-13b", "tiny-llama"}},
+    "iagbench-metrics": {"metrics": {"em", "f1", "subspan_em", "has_answer"}},
+}
+BUILTIN_PLUGINS = set(BUILTINS)
 BUILTIN_NAMES = {
-    "datasets": {"nq", "triviaqa", "webq", "fid-json", "sample"},
-    "imaginers": {"none"},
-    "readers": {"causal-lm", "smollm2-135m", "llama-7b", "llama-13b", "tiny-llama"},
-    "metrics": {"em", "f1", "subspan_em", "has_answer"},
+    kind: set().union(*(kinds.get(kind, set()) for kinds in BUILTINS.values()))
+    for kind in ("datasets", "imaginers", "readers", "metrics")
 }
 
 
@@ -76,19 +82,18 @@ def test_builtins_come_from_this_distributions_entry_points(plugins):
         assert plugin is points[name].load()
     for kind, names in BUILTIN_NAMES.items():
         assert {entry.name for entry in plugins[kind]} == names
-        assert all(entry.plugin == f"iagbench-{kind}" for entry in plugins[kind])
+        assert all(entry.name in BUILTINS[entry.plugin][kind] for entry in plugins[kind])
 
 
 def test_full_load_finds_the_builtins_with_their_distribution_and_version():
     plugins = load_plugins()
     described = {item["name"]: item for item in plugins.describe()}
     assert BUILTIN_PLUGINS <= set(described)
-    for name in BUILTIN_PLUGINS:
+    for name, kinds in BUILTINS.items():
         item = described[name]
-        kind = name.removeprefix("iagbench-")
         assert item["distribution"] == "iagbench" and item["version"] == iagbench.__version__
-        assert item["hooks"] == [f"register_{kind}"]
-        assert set(item["components"][kind]) == BUILTIN_NAMES[kind]
+        assert item["hooks"] == sorted(f"register_{kind}" for kind in kinds)
+        assert {kind: set(names) for kind, names in item["components"].items()} == kinds
     for kind, names in BUILTIN_NAMES.items():
         assert names <= {entry.name for entry in plugins[kind]}
 

@@ -19,3 +19,8 @@ class NoImagination(Imaginer):
 @hookimpl
 def register_imaginers(register) -> None:
     register("none", NoImagination, aliases=("closed-book",), description="closed book: no extra context")
+    register(
+        "given",
+        "iagbench_plugins.imaginers.given:GivenPassages",
+        description="the passages that come with each example (ctxs): top k by score (order=score) or file order",
+    )

@@ -1,0 +1,145 @@
+"""Indexes built once and reused: ``cache_root()/indexes/{kind}-{corpus sha256[:16]}-{settings hash}``.
+
+A folder is built under a temporary name and renamed into place when complete, so a crash
+never leaves a half index: a folder with the final name is a finished one. Its ``meta.json``
+records the kind, the corpus, the settings and how long the build took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iagbench.cache import cache_root, file_sha256
+
+META = "meta.json"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A finished index folder, and whether this process built it or found it."""
+
+    kind: str
+    path: Path
+    status: str  # "built" or "reused"
+    seconds: float
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "status": self.status, "seconds": round(self.seconds, 3)}
+
+
+def log(message: str) -> None:
+    print(f"iagbench: {message}", file=sys.stderr, flush=True)
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """Twelve hex digits of the canonical JSON of an index's settings."""
+    text = json.dumps(settings, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def index_path(kind: str, corpus_sha256: str, settings: dict[str, Any]) -> Path:
+    return cache_root() / "indexes" / f"{kind}-{corpus_sha256[:16]}-{settings_hash(settings)}"
+
+
+def ensure_index(
+    kind: str,
+    corpus_path: Path,
+    corpus_sha256: str,
+    settings: dict[str, Any],
+    build: Callable[[Path], dict[str, Any] | None],
+) -> Index:
+    """The index folder for (kind, corpus, settings), building it with ``build(tmp_folder)`` if absent.
+
+    ``build`` writes its files into the folder it is given and may return extra facts for
+    ``meta.json``. Concurrent builders race harmlessly: the first rename wins, the others
+    drop their copy.
+    """
+    path = index_path(kind, corpus_sha256, settings)
+    started = time.perf_counter()
+    if (path / META).is_file():
+        return Index(kind, path, "reused", time.perf_counter() - started)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir()
+    try:
+        facts = build(tmp) or {}
+        meta = {
+            "kind": kind,
+            "corpus": {"path": str(corpus_path), "sha256": corpus_sha256},
+            "settings": settings,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **facts,
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished the same index first
+            if not (path / META).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return Index(kind, path, "reused", time.perf_counter() - started)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Index(kind, path, "built", time.perf_counter() - started)
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Temporary folders of this index left by builders that died (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+REMEMBER_FROM_BYTES = 64 << 20
+
+
+def cached_sha256(path: str | Path) -> str:
+    """A file's sha256; a large one's is remembered by (path, size, mtime, inode) so it is hashed once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    if stat.st_size < REMEMBER_FROM_BYTES:  # cheap to hash, and immune to same-size edits within a clock tick
+        return file_sha256(path)
+    key = hashlib.sha1(str(path).encode("utf-8")).hexdigest()
+    record_path = cache_root() / "fingerprints" / f"{key}.json"
+    stamp = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if {k: record.get(k) for k in stamp} == stamp and isinstance(record.get("sha256"), str):
+            return record["sha256"]
+    except (OSError, ValueError):
+        pass
+    digest = file_sha256(path)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_name(f"{record_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**stamp, "sha256": digest}), encoding="utf-8")
+    os.replace(tmp, record_path)
+    return digest
+
+
+def folder_sha256(folder: str | Path) -> str:
+    """A fingerprint of every file under a folder (relative names and contents; hidden files skipped)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = file.relative_to(folder).as_posix()
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        digest.update(f"{relative}\0{cached_sha256(file)}\n".encode("utf-8"))
+    return digest.hexdigest()
