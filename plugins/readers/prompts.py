@@ -98,6 +98,8 @@ TEMPLATES: dict[str, PromptTemplate] = {
     # first 120: em 4.2 plain vs 0.0 through its chat template, which answers in whole sentences).
     "short-answer": PromptTemplate("short-answer", "1", few_shot=FEW_SHOT, use_chat=False),
     "short-answer-chat": PromptTemplate("short-answer-chat", "1", few_shot=FEW_SHOT),
+    # For fine-tuned readers (LoRA, HyperLoRA): the bare question, answer up to the newline, extracted.
+    "qa": PromptTemplate("qa", "1", instruction="", use_chat=False),
     # The bare baseline: no instruction, no examples, no chat template, no extraction, no stop string.
     "plain": PromptTemplate("plain", "1", instruction="", extract=False, stop=(), use_chat=False),
 }
