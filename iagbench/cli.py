@@ -49,7 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="one table with a row per run")
     report.add_argument("runs", nargs="+", type=Path, help="run folders")
-    report.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex", "json"))
+    report.add_argument("--format", default="markdown", choices=("markdown", "csv", "latex", "json", "html"))
+    report.add_argument("--plot", type=Path, metavar="FILE.png", help="also write a bar chart of the metrics with bootstrap CIs")
+
+    compare = commands.add_parser("compare", help="B - A per metric with paired bootstrap CIs, McNemar on em, flipped examples")
+    compare.add_argument("run_a", type=Path, metavar="RUN_A", help="run folder A")
+    compare.add_argument("run_b", type=Path, metavar="RUN_B", help="run folder B")
+    compare.add_argument("--metrics", default="", help="comma-separated score keys (default: all both runs have)")
+    compare.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples (default: 1000)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    compare.add_argument("--level", type=float, default=0.95, help="confidence level (default: 0.95)")
+    compare.add_argument("--show", type=int, default=10, metavar="N", help="flipped examples shown each way (default: 10)")
+    compare.add_argument("--format", default="text", choices=("text", "json"))
 
     index = commands.add_parser("index", help="build retrieval indexes ahead of runs")
     index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
@@ -183,7 +194,32 @@ def command_report(args: argparse.Namespace) -> int:
     from .report import render
     from .runs import RunFolder
 
-    print(render([RunFolder(path) for path in args.runs], args.format))
+    folders = [RunFolder(path) for path in args.runs]
+    png = None
+    if args.plot:
+        from .plot import figure_png
+
+        png = figure_png(folders)
+        args.plot.write_bytes(png)
+        _log(f"plot: {args.plot}")
+    if args.format == "html":
+        from .plot import html_report
+
+        print(html_report(folders, png))
+    else:
+        print(render(folders, args.format))
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, render
+
+    if args.bootstrap < 1:
+        raise ConfigurationError(f"--bootstrap {args.bootstrap}: expected a positive integer")
+    if not 0 < args.level < 1:
+        raise ConfigurationError(f"--level {args.level}: expected a number between 0 and 1")
+    report = compare(args.run_a, args.run_b, metrics=names(args.metrics), samples=args.bootstrap, seed=args.seed, level=args.level)
+    print(render(report, args.format, show=args.show))
     return 0
 
 
@@ -243,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "report":
             return command_report(args)
+        if args.command == "compare":
+            return command_compare(args)
         plugins = default_plugins()
         if args.command == "run":
             return command_run(args, plugins, parser)

@@ -1,4 +1,4 @@
-"""Tables of results: one row per run, in markdown, csv, latex or json."""
+"""Tables of results: one row per run, in markdown, csv, latex, json or html (with a plot)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from .errors import ConfigurationError
 from .runs import RunFolder
 
-FORMATS = ("markdown", "csv", "latex", "json")
+FORMATS = ("markdown", "csv", "latex", "json", "html")
 FIRST_METRICS = ("em", "f1", "subspan_em")
 
 
@@ -56,6 +56,10 @@ def _cell(value: float | None) -> float | str:
 def render(folders: Sequence[RunFolder], fmt: str = "markdown") -> str:
     if fmt not in FORMATS:
         raise ConfigurationError(f"unknown report format '{fmt}'; formats: {', '.join(FORMATS)}")
+    if fmt == "html":
+        from .plot import html_report
+
+        return html_report(folders)
     header, table, versions = rows(folders)
     if fmt == "json":
         return json.dumps(
