@@ -58,10 +58,11 @@ def figure_png(folders: Sequence[RunFolder], *, samples: int = SAMPLES, seed: in
     axes = figure.add_subplot()
     for index, (label, found) in enumerate(zip(labels(results), intervals)):
         positions = [k + (index - (len(folders) - 1) / 2) * width for k in range(len(keys))]
-        means = [found[key].estimate if key in found else 0.0 for key in keys]
+        nan = float("nan")  # a metric the run has no scores for: no bar
+        means = [found[key].estimate if key in found else nan for key in keys]
         errors = [
-            [found[key].estimate - found[key].low if key in found else 0.0 for key in keys],
-            [found[key].high - found[key].estimate if key in found else 0.0 for key in keys],
+            [found[key].estimate - found[key].low if key in found else nan for key in keys],
+            [found[key].high - found[key].estimate if key in found else nan for key in keys],
         ]
         axes.bar(positions, means, width, yerr=errors, capsize=3, label=label)
     axes.set_xticks(range(len(keys)), keys)
