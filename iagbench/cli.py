@@ -15,6 +15,7 @@ from .errors import ConfigurationError, IagbenchError
 from .options import parse_options
 from .plugins import Plugins, default_plugins
 from .registry import KINDS
+from .train_commands import add_train_parser, command_train
 
 DATA_ENV = "IAGBENCH_DATA"
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dataset")
     stats.add_argument("--split", action="append", help="split(s) to summarise (default: all)")
     _data_arguments(stats)
+
+    add_train_parser(parser, commands)
     return parser
 
 
@@ -284,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins = default_plugins()
         if args.command == "run":
             return command_run(args, plugins, parser)
+        if args.command == "train":
+            return command_train(args, plugins, non_default_options(parser, args))
         if args.command == "list":
             return command_list(args, plugins)
         if args.command == "plugins":

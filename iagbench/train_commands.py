@@ -1,0 +1,109 @@
+"""`iagbench train`: its command-line arguments and the command (the trainer is `iagbench.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .options import parse_options
+from .plugins import Plugins
+
+TRAIN_DIR_ENV = "IAGBENCH_TRAINED"
+
+
+def add_train_parser(parser: argparse.ArgumentParser, commands: Any) -> argparse.ArgumentParser:
+    """Add the `train` subcommand to the parser's subcommands."""
+    from .cli import _data_arguments
+
+    # the deepspeed launcher puts --local_rank=N before the arguments; the rank comes from the environment anyway
+    parser.add_argument("--local_rank", "--local-rank", dest="launcher_local_rank", type=int, help=argparse.SUPPRESS)
+    train = commands.add_parser(
+        "train",
+        help="train an imaginer + reader pair's trainable parts (resumable; torchrun, accelerate launch, deepspeed)",
+    )
+    train.add_argument("--dataset", default="sample", help="dataset name (default: sample)")
+    train.add_argument("--split", default="train", help="training split (default: train)")
+    train.add_argument("--limit", type=int, help="only the first N training examples")
+    _data_arguments(train)
+    train.add_argument("--imaginer", default="none", help="imaginer name (default: none)")
+    train.add_argument("--reader", required=True, help="reader name")
+    train.add_argument("--imaginer-args", default="", metavar="K=V,...", help="imaginer options")
+    train.add_argument("--reader-args", default="", metavar="K=V,...", help="reader options")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
+    length.add_argument("--epochs", type=float, help="epochs over the training split")
+    train.add_argument("--batch-size", type=int, default=8, help="examples per process and micro-batch (default: 8)")
+    train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+    train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay, not on biases/norms (default: 0)")
+    train.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default: 0)")
+    train.add_argument("--schedule", default="linear", choices=("linear", "cosine", "constant"), help="after warm-up (default: linear)")
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, 0 for none (default: 1.0)")
+    train.add_argument("--eval-every", type=int, default=0, metavar="N", help="em on --eval-split every N steps (default: 0, never)")
+    train.add_argument("--eval-split", default="dev", help="evaluation split (default: dev)")
+    train.add_argument("--eval-limit", type=int, default=200, help="first N evaluation examples (default: 200)")
+    train.add_argument("--eval-batch-size", type=int, help="examples per evaluation call (default: --batch-size)")
+    train.add_argument("--save-every", type=int, default=500, metavar="N", help="checkpoint every N steps and at the end (default: 500)")
+    train.add_argument("--keep", type=int, default=3, metavar="K", help="keep the newest K checkpoints, 0 all (default: 3)")
+    train.add_argument("--log-every", type=int, default=10, metavar="N", help="log.jsonl line every N steps (default: 10)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"), help="auto: bf16 on CUDA, else no")
+    train.add_argument("--deepspeed", type=Path, metavar="CONFIG.json", help="DeepSpeed config, e.g. configs/deepspeed/zero2.json")
+    train.add_argument("--output", type=Path, help="output folder (default: trained/<components>__<config hash>)")
+    train.add_argument(
+        "--train-dir", type=Path, default=Path(os.environ.get(TRAIN_DIR_ENV, "trained")), help="where default output folders go"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return train
+
+
+def command_train(args: argparse.Namespace, plugins: Plugins, non_default: dict[str, Any]) -> int:
+    from .cli import dataset_options
+    from .train import TrainSpec, train
+
+    spec = TrainSpec(
+        dataset=args.dataset,
+        split=args.split,
+        imaginer=args.imaginer,
+        reader=args.reader,
+        dataset_args=dataset_options(args),
+        imaginer_args=parse_options(args.imaginer_args, flag="--imaginer-args"),
+        reader_args=parse_options(args.reader_args, flag="--reader-args"),
+        limit=args.limit,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        schedule=args.schedule,
+        max_grad_norm=args.max_grad_norm,
+        eval_every=args.eval_every,
+        eval_split=args.eval_split,
+        eval_limit=args.eval_limit,
+        eval_batch_size=args.eval_batch_size,
+        save_every=args.save_every,
+        keep=args.keep,
+        log_every=args.log_every,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        deepspeed=args.deepspeed,
+        output=args.output,
+        train_dir=args.train_dir,
+    )
+    non_default = {key: value for key, value in non_default.items() if key != "local_rank"}
+    _, summary = train(spec, plugins, progress=not args.no_progress, log=_log, non_default=non_default)
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary, from the main process
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
