@@ -88,5 +88,11 @@ class Trainable:
         if module is not None:
             module.train(mode)
 
+    def prepare(self, examples: Sequence[Example]) -> None:
+        """Fit whatever needs the whole training set before the first step (e.g. HyperLoRA's whitening).
+
+        Called once by `iagbench train` on a fresh start (not on resume: fitted state is in checkpoints).
+        """
+
     def loss(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
         raise NotImplementedError(f"{type(self).__name__} cannot compute a training loss")
