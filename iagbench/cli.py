@@ -117,6 +117,20 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def component_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What `run` and `train` share: the dataset split, the components and their options, the limit."""
+    return {
+        "dataset": args.dataset,
+        "split": args.split,
+        "imaginer": args.imaginer,
+        "reader": args.reader,
+        "dataset_args": dataset_options(args),
+        "imaginer_args": parse_options(args.imaginer_args, flag="--imaginer-args"),
+        "reader_args": parse_options(args.reader_args, flag="--reader-args"),
+        "limit": args.limit,
+    }
+
+
 def names(text: str) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()] or None
 
@@ -144,15 +158,8 @@ def command_run(args: argparse.Namespace, plugins: Plugins, parser: argparse.Arg
     if args.limit is not None and args.limit < 1:
         raise ConfigurationError(f"--limit {args.limit}: expected a positive integer")
     spec = RunSpec(
-        dataset=args.dataset,
-        split=args.split,
-        imaginer=args.imaginer,
-        reader=args.reader,
-        dataset_args=dataset_options(args),
-        imaginer_args=parse_options(args.imaginer_args, flag="--imaginer-args"),
-        reader_args=parse_options(args.reader_args, flag="--reader-args"),
+        **component_options(args),
         metrics=names(args.metrics),
-        limit=args.limit,
         batch_size=args.batch_size,
         seed=args.seed,
         output=args.output,

@@ -89,20 +89,7 @@ class RunFolder:
 
     def check(self, identity: dict[str, Any], plugins: dict[str, Any]) -> None:
         """Refuse a folder that holds another configuration or was started by other plugin versions."""
-        previous = self.config()
-        differences = diff_paths(previous.get("identity"), identity)
-        if differences:
-            raise RunFolderError(
-                f"{self.config_path}: this folder holds another configuration (differs in: "
-                f"{', '.join(differences[:5])}); choose another --output"
-            )
-        recorded = previous.get("plugins", {})
-        for name, version in plugins.items():
-            if recorded.get(name) not in (None, version):
-                raise RunFolderError(
-                    f"{self.config_path}: started with plugin '{name}' {recorded[name]}, now {version}; resume with "
-                    "the same version or choose another --output"
-                )
+        check_configuration(self.config_path, self.config(), identity, plugins)
 
     def start(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
         """Write config.json for a new run, and this session's environment into env.json."""
@@ -155,6 +142,24 @@ class RunFolder:
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json_atomic(self.results_path, results)
+
+
+def check_configuration(
+    path: Path, previous: dict[str, Any], identity: dict[str, Any], plugins: dict[str, Any], what: str = "configuration"
+) -> None:
+    """Refuse to continue in a folder whose recorded ``previous`` config has another identity or plugin versions."""
+    differences = diff_paths(previous.get("identity"), identity)
+    if differences:
+        raise RunFolderError(
+            f"{path}: this folder holds another {what} (differs in: {', '.join(differences[:5])}); choose another --output"
+        )
+    recorded = previous.get("plugins", {})
+    for name, version in plugins.items():
+        if recorded.get(name) not in (None, version):
+            raise RunFolderError(
+                f"{path}: started with plugin '{name}' {recorded[name]}, now {version}; resume with the same version "
+                "or choose another --output"
+            )
 
 
 def diff_paths(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -48,11 +48,11 @@ from .checkpoints import (
 )
 from .components import Dataset, Imaginer, Metric, Reader, Trainable
 from .env import environment
-from .errors import ConfigurationError, RunFolderError
+from .errors import ConfigurationError
 from .plugins import Plugins
 from .registry import Entry
 from .runner import EXECUTION_KEYS, Resolved, batches, check_compatible, fingerprint, load_examples, plugin_versions
-from .runs import config_hash, diff_paths, folder_name, read_json, write_json_atomic
+from .runs import check_configuration, config_hash, folder_name, read_json, write_json_atomic
 from .scoring import score_example
 from .types import Example
 
@@ -648,20 +648,7 @@ class _Trainer:
 
 
 def _check_folder(output: Path, ident: dict[str, Any], versions: dict[str, Any]) -> None:
-    previous = read_json(output / TRAIN_CONFIG)
-    differences = diff_paths(previous.get("identity"), ident)
-    if differences:
-        raise RunFolderError(
-            f"{output / TRAIN_CONFIG}: this folder holds another training configuration (differs in: "
-            f"{', '.join(differences[:5])}); choose another --output"
-        )
-    recorded = previous.get("plugins", {})
-    for plugin, version in versions.items():
-        if recorded.get(plugin) not in (None, version):
-            raise RunFolderError(
-                f"{output / TRAIN_CONFIG}: started with plugin '{plugin}' {recorded[plugin]}, now {version}; resume "
-                "with the same version or choose another --output"
-            )
+    check_configuration(output / TRAIN_CONFIG, read_json(output / TRAIN_CONFIG), ident, versions, "training configuration")
 
 
 def _start_folder(output: Path, config: dict[str, Any]) -> None:

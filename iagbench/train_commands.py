@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import parse_options
 from .plugins import Plugins
 
 TRAIN_DIR_ENV = "IAGBENCH_TRAINED"
@@ -63,18 +62,11 @@ def add_train_parser(parser: argparse.ArgumentParser, commands: Any) -> argparse
 
 
 def command_train(args: argparse.Namespace, plugins: Plugins, non_default: dict[str, Any]) -> int:
-    from .cli import dataset_options
+    from .cli import component_options
     from .train import TrainSpec, train
 
     spec = TrainSpec(
-        dataset=args.dataset,
-        split=args.split,
-        imaginer=args.imaginer,
-        reader=args.reader,
-        dataset_args=dataset_options(args),
-        imaginer_args=parse_options(args.imaginer_args, flag="--imaginer-args"),
-        reader_args=parse_options(args.reader_args, flag="--reader-args"),
-        limit=args.limit,
+        **component_options(args),
         steps=args.steps,
         epochs=args.epochs,
         batch_size=args.batch_size,
