@@ -3,8 +3,10 @@
     python benchmarks/webq_hyperlora.py --data-dir ../shared/data [--out runs/bench-webq] [--steps 300]
 
 Trains on the 3,778 WebQuestions training questions (the same steps, batch and learning rate for
-both trained methods), evaluates on the 2,032 test questions, and prints one table: em, f1,
-subspan_em, trainable parameters and training time on this machine. Every step goes through
+both trained methods, and the bare `qa` prompt), evaluates on the 2,032 test questions, and prints
+one table: em, f1, subspan_em, trainable parameters and training time on this machine. Two
+closed-book rows: the default 5-shot `short-answer` prompt (the strong baseline) and the `qa`
+prompt the trained readers use. Every step goes through
 the `iagbench` command line, so each row can be rerun (and resumes) on its own.
 """
 
@@ -64,6 +66,7 @@ def main() -> None:
              "--warmup-steps", str(args.steps // 10), "--save-every", str(max(args.steps // 3, 1)), "--no-progress"]
     limit = ["--limit", str(args.test_limit)] if args.test_limit else []
     methods = {
+        "closed-book (5-shot prompt)": (None, ["--imaginer", "none"]),
         "closed-book": (None, ["--imaginer", "none", "--reader-args", reader]),
         "peft LoRA": (
             ["--imaginer", "none", "--reader-args", f"{reader},lora_rank={args.rank}"],
@@ -76,7 +79,7 @@ def main() -> None:
     }
     rows = []
     for name, (train_args, run_args) in methods.items():
-        slug = name.lower().replace(" ", "-")
+        slug = name.lower().replace(" (5-shot prompt)", "-5-shot").replace(" ", "-")
         train_out = args.out / f"train-{slug}"
         seconds, parameters = 0.0, 0
         if train_args is not None:
