@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .batching import AUTO
 from .errors import ConfigurationError, IagbenchError
 from .options import parse_options
 from .plugins import Plugins, default_plugins
@@ -32,11 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--imaginer-args", default="", metavar="K=V,...", help="imaginer options")
     run.add_argument("--reader-args", default="", metavar="K=V,...", help="reader options")
     run.add_argument("--metrics", default="", help="comma-separated metric names (default: all registered)")
-    run.add_argument("--batch-size", type=int, default=16, help="examples per imaginer/reader call (default: 16)")
+    run.add_argument(
+        "--batch-size", type=batch_size, default=16, metavar="N|auto",
+        help="examples per imaginer/reader call (default: 16); auto: with CUDA the largest that fits (starts at 16, "
+        "doubles while batches fit, halves and retries on out-of-memory), without CUDA 16",
+    )  # fmt: skip
     run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     run.add_argument("--output", type=Path, help="run folder (default: runs/<components>__<config hash>)")
     run.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("IAGBENCH_RUNS", "runs")), help="where default run folders go")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--wait-timeout", type=float, default=1800.0, metavar="SECONDS",
+        help="under torchrun and the like: how long a process waits for the others' files without progress (default: 1800)",
+    )  # fmt: skip
 
     listing = commands.add_parser("list", help="list registered components (never imports torch)")
     listing.add_argument("kind", nargs="?", choices=KINDS, help="one kind only")
@@ -131,6 +140,11 @@ def component_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def batch_size(text: str) -> int | str:
+    """``--batch-size``: an integer (checked by the command) or ``auto``."""
+    return AUTO if text == AUTO else int(text)
+
+
 def names(text: str) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()] or None
 
@@ -149,12 +163,15 @@ def non_default_options(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def command_run(args: argparse.Namespace, plugins: Plugins, parser: argparse.ArgumentParser) -> int:
+    from .processes import Processes
+    from .report import render
     from .runner import RunSpec, run
     from .runs import RunFolder
-    from .report import render
 
-    if args.batch_size < 1:
-        raise ConfigurationError(f"--batch-size {args.batch_size}: expected a positive integer")
+    if args.batch_size != AUTO and args.batch_size < 1:
+        raise ConfigurationError(f"--batch-size {args.batch_size}: expected a positive integer or auto")
+    if args.wait_timeout <= 0:
+        raise ConfigurationError(f"--wait-timeout {args.wait_timeout}: expected a positive number of seconds")
     if args.limit is not None and args.limit < 1:
         raise ConfigurationError(f"--limit {args.limit}: expected a positive integer")
     spec = RunSpec(
@@ -164,10 +181,14 @@ def command_run(args: argparse.Namespace, plugins: Plugins, parser: argparse.Arg
         seed=args.seed,
         output=args.output,
         runs_dir=args.runs_dir,
+        wait_timeout=args.wait_timeout,
     )
-    folder, _ = run(spec, plugins, progress=not args.no_progress, log=_log, non_default=non_default_options(parser, args))
-    print(render([RunFolder(folder.path)]))
-    print(f"\nrun folder: {folder.path}")
+    processes = Processes.from_environment()
+    options = non_default_options(parser, args)
+    folder, _ = run(spec, plugins, progress=not args.no_progress, log=_log, non_default=options, processes=processes)
+    if processes.main:  # one table from a multi-process run
+        print(render([RunFolder(folder.path)]))
+        print(f"\nrun folder: {folder.path}")
     return 0
 
 

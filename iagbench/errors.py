@@ -32,3 +32,7 @@ class ConfigurationError(IagbenchError):
 
 class RunFolderError(IagbenchError):
     """A run folder that belongs to another configuration or is damaged beyond repair."""
+
+
+class ProcessesError(IagbenchError):
+    """Another process of a multi-process run stopped or stalled (its files did not appear in time)."""

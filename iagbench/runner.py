@@ -1,4 +1,8 @@
-"""Run an imaginer + reader over a dataset split, scoring as it goes, resumable at any point."""
+"""Run an imaginer + reader over a dataset split, scoring as it goes, resumable at any point.
+
+One process, or several under ``torchrun``/``accelerate launch``/``deepspeed``, each predicting the
+examples whose id hashes to its rank (`iagbench.processes`, `iagbench.shards`).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .batching import BatchSizer, out_of_memory_error, release_memory
 from .components import CONTEXT_KINDS, Dataset, Imaginer, Metric, Reader
 from .env import environment
 from .errors import ConfigurationError
 from .plugins import Plugins
+from .processes import Processes
 from .registry import Entry
 from .runs import RunFolder, canonical_json, config_hash, folder_name, write_json_atomic
 from .scoring import aggregate, metric_versions, score_example
+from .shards import ShardWriter, done_ids, merge, shard_files, wait_for_file, wait_for_shards
 from .types import Context, Example
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -39,11 +46,12 @@ class RunSpec:
     reader_args: dict[str, Any] = field(default_factory=dict)
     metrics: Sequence[str] | None = None
     limit: int | None = None
-    batch_size: int = 16
+    batch_size: int | str = 16  # or "auto" (see iagbench.batching)
     order: str = "length"
     seed: int = 0
     output: Path | None = None
     runs_dir: Path = DEFAULT_RUNS_DIR
+    wait_timeout: float = 1800.0  # seconds a process of a sharded run waits for the others without progress
 
 
 @dataclass
@@ -190,8 +198,14 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] = print,
     non_default: dict[str, Any] | None = None,
+    processes: Processes | None = None,
 ) -> tuple[RunFolder, dict[str, Any]]:
-    """Run (or resume, or just read back) the run that ``spec`` defines; return its folder and results."""
+    """Run (or resume, or just read back) the run that ``spec`` defines; return its folder and results.
+
+    Under a launcher (``processes``, default: from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) each
+    process predicts its shard of the examples and rank 0 merges them (see `iagbench.shards`).
+    """
+    procs = processes or Processes.from_environment()
     resolved = resolve(spec, plugins)
     dataset: Dataset = resolved.dataset.build(**spec.dataset_args)
     examples = load_examples(dataset, spec.split, spec.limit, resolved.dataset.name)
@@ -206,15 +220,16 @@ def run(
             log(f"run already finished: {folder.path} (not recomputed)")
             return folder, folder.results()
 
-    done = {record["id"] for record in folder.records(repair=True)} if folder.exists() else set()
-    todo = [example for example in examples if example.id not in done]
+    done = done_ids(folder, procs)
+    todo = [example for example in examples if example.id not in done and procs.owns(example.id)]
     started = time.perf_counter()
     if todo:  # build (and so validate) the components before anything is written
+        device = procs.use_device()
         seed_everything(spec.seed)
         imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
         reader: Reader = resolved.reader.build(**spec.reader_args)
-    folder.start(
-        {
+    if procs.main:
+        fresh = {
             "name": name,
             "hash": digest,
             "identity": ident,
@@ -226,63 +241,136 @@ def run(
             "iagbench_version": __version__,
             "non_default_options": non_default or {},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-        environment(),
-    )
-    config = folder.config()
-    log(f"run folder: {folder.path} ({len(done)} of {len(examples)} examples already done)")
+        }
+        folder.start(fresh, {**environment(), "world_size": procs.world_size})  # config.json only if new
+        done_here = sum(example.id in done for example in examples)
+        log(f"run folder: {folder.path} ({done_here} of {len(examples)} examples already done)")
+    else:
+        wait_for_file(folder.config_path, spec.wait_timeout)
+        folder.check(ident, versions)
+        log(f"rank {procs.rank} of {procs.world_size}: {len(todo)} examples to predict into {folder.path}")
+    status: dict[str, Any] | None = None
     if todo:
-        _record_components(folder, imaginer, reader)
-        _predict(
-            todo, imaginer, reader, resolved.metrics, folder, spec.batch_size, spec.order, progress, len(examples), len(done)
-        )
+        if procs.main:
+            _record_components(folder, imaginer, reader)
+        sizer = BatchSizer.for_setting(spec.batch_size, cuda=device.startswith("cuda"))
+        status = {"rank": procs.rank, "world_size": procs.world_size, "device": device}
+        shard = ShardWriter(folder.path, procs) if procs.sharded else None
+        write = shard.append if shard else lambda records, _status: folder.append(records)
+        # one bar: all examples for one process; rank 0's shard for several
+        total, initial = (len(todo), 0) if procs.sharded else (len(examples), len(examples) - len(todo))
+        with _bar(progress and procs.main, total, initial) as bar:
+            status = predict(todo, imaginer, reader, resolved.metrics, write, sizer, spec.order, status, bar.update)
+    if not procs.main:
+        wait_for_file(folder.results_path, spec.wait_timeout, folder.path)
+        return folder, folder.results()
+    return folder, _finish(folder, examples, spec, procs, status, time.perf_counter() - started, log)
+
+
+def _bar(enabled: bool, total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="examples", unit="q")
+
+
+def _finish(
+    folder: RunFolder,
+    examples: Sequence[Example],
+    spec: RunSpec,
+    procs: Processes,
+    status: dict[str, Any] | None,
+    elapsed: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Rank 0: wait for the other shards, merge any there are, check every example is scored; write results."""
+    if procs.sharded:
+        wait_for_shards(folder, [example.id for example in examples], procs.world_size, spec.wait_timeout, log)
+    written = []
+    if status is not None and not procs.sharded:
+        written.append({"file": folder.predictions_path.name, **status})
+    if shard_files(folder.path):
+        written += merge(folder, [example.id for example in ordered_examples(examples, spec.order)])
     records = folder.records()
     by_id = {record["id"]: record for record in records}
     missing = [example.id for example in examples if example.id not in by_id]
     if missing:
         raise ConfigurationError(f"{folder.predictions_path}: {len(missing)} examples missing after the run (first: {missing[0]})")
-    results = results_from([by_id[example.id] for example in examples], config, time.perf_counter() - started)
+    results = results_from([by_id[example.id] for example in examples], folder.config(), elapsed)
+    results["world_size"] = procs.world_size
+    results["predicted_by"] = written
     folder.write_results(results)
-    return folder, results
+    return results
 
 
 def _record_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
     write_json_atomic(folder.path / "components.json", {"imaginer": imaginer.describe(), "reader": reader.describe()})
 
 
-def batches(examples: Sequence[Example], batch_size: int, order: str = "length") -> list[list[Example]]:
-    """Batches of examples; ``order="length"`` groups questions of similar length to save padding."""
+def ordered_examples(examples: Sequence[Example], order: str = "length") -> list[Example]:
+    """The order examples are predicted in; ``"length"`` (stable) groups questions of similar length to save padding."""
     if order not in ORDERS:
         raise ConfigurationError(f"unknown batch order '{order}'; orders: {', '.join(ORDERS)}")
     ordered = list(examples)
     if order == "length":
         ordered.sort(key=lambda e: len(e.question))
+    return ordered
+
+
+def batches(examples: Sequence[Example], batch_size: int, order: str = "length") -> list[list[Example]]:
+    """Batches of ``batch_size`` examples in `ordered_examples` order."""
+    ordered = ordered_examples(examples, order)
     return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
 
 
-def _predict(
+def predict(
     todo: Sequence[Example],
     imaginer: Imaginer,
     reader: Reader,
     metrics: Sequence[Metric],
-    folder: RunFolder,
-    batch_size: int,
+    write: Callable[[list[dict[str, Any]], dict[str, Any]], None],
+    sizer: BatchSizer,
     order: str,
-    progress: bool,
-    total: int,
-    initial: int,
-) -> None:
-    from tqdm.auto import tqdm
+    status: dict[str, Any],
+    advance: Callable[[int], Any] = lambda n: None,
+) -> dict[str, Any]:
+    """Predict and score ``todo`` batch by batch, writing each batch's records with this process's status.
 
-    with tqdm(total=total, initial=initial, disable=not progress, desc="examples", unit="q") as bar:
-        for batch in batches(todo, batch_size, order):
-            contexts = imaginer.imagine(batch)
-            _check_lengths("imaginer", contexts, batch)
-            _check_kinds(imaginer, contexts)
-            predictions = reader.answer(batch, contexts)
-            _check_lengths("reader", predictions, batch)
-            folder.append(prediction_record(e, c, p, metrics) for e, c, p in zip(batch, contexts, predictions))
-            bar.update(len(batch))
+    A batch that runs out of CUDA memory is retried, halved, when ``sizer`` probes (else it is a
+    one-line error): every example is written once, in ``order``. Return the final status.
+    """
+    out_of_memory = out_of_memory_error()
+    ordered = ordered_examples(todo, order)
+    start = predicted = 0
+    while start < len(ordered):
+        batch = ordered[start : start + sizer.size]
+        try:
+            records = _predict_batch(batch, imaginer, reader, metrics)
+        except out_of_memory:
+            failed = True
+        else:
+            failed = False
+        if failed:  # outside the except block, so the error's frames (and their tensors) are gone
+            sizer.out_of_memory(len(batch), batch[0].id)
+            release_memory()
+            continue
+        sizer.fitted(len(batch))
+        predicted += len(batch)
+        status = {**status, **sizer.describe(), "examples": predicted}
+        write(records, status)
+        start += len(batch)
+        advance(len(batch))
+    return status
+
+
+def _predict_batch(
+    batch: Sequence[Example], imaginer: Imaginer, reader: Reader, metrics: Sequence[Metric]
+) -> list[dict[str, Any]]:
+    contexts = imaginer.imagine(batch)
+    _check_lengths("imaginer", contexts, batch)
+    _check_kinds(imaginer, contexts)
+    predictions = reader.answer(batch, contexts)
+    _check_lengths("reader", predictions, batch)
+    return [prediction_record(e, c, p, metrics) for e, c, p in zip(batch, contexts, predictions)]
 
 
 def _check_kinds(imaginer: Imaginer, contexts: Sequence[Context]) -> None:

@@ -104,36 +104,10 @@ class RunFolder:
 
     def records(self, *, repair: bool = False) -> list[dict[str, Any]]:
         """The prediction records written so far; ``repair`` drops a last line cut short by a crash."""
-        path = self.predictions_path
-        if not path.exists():
-            return []
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            if not repair:
-                raise RunFolderError(f"{path}: last line is incomplete (interrupted run); resume the run to repair it")
-            cut = data.rfind(b"\n") + 1
-            with open(path, "r+b") as handle:
-                handle.truncate(cut)
-            data = data[:cut]
-        records, seen = [], set()
-        # split on "\n" only: str.splitlines() would also split inside strings holding U+2028, U+0085...
-        for number, line in enumerate(data.decode("utf-8").split("\n")[:-1], start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RunFolderError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if record.get("id") in seen:
-                raise RunFolderError(f"{path}:{number}: field 'id': example '{record.get('id')}' appears twice")
-            seen.add(record.get("id"))
-            records.append(record)
-        return records
+        return read_records(self.predictions_path, tail="repair" if repair else "error")
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        with open(self.predictions_path, "a", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_records(self.predictions_path, records)
 
     def rewrite_records(self, records: list[dict[str, Any]]) -> None:
         tmp = self.predictions_path.with_name(PREDICTIONS + ".tmp")
@@ -142,6 +116,56 @@ class RunFolder:
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json_atomic(self.results_path, results)
+
+
+TAILS = ("error", "repair", "skip")
+
+
+def read_records(path: Path, *, tail: str = "error") -> list[dict[str, Any]]:
+    """The JSON-lines records of ``path`` (none if it does not exist), each id once.
+
+    A last line without its newline is an interrupted write: ``tail="error"`` refuses it,
+    ``"repair"`` truncates the file before it (the file's writer only), ``"skip"`` leaves it out
+    (a file another process may be appending to).
+    """
+    if tail not in TAILS:
+        raise ValueError(f"tail={tail!r}: expected one of {TAILS}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    if data and not data.endswith(b"\n"):
+        if tail == "error":
+            raise RunFolderError(f"{path}: last line is incomplete (interrupted run); resume the run to repair it")
+        cut = data.rfind(b"\n") + 1
+        if tail == "repair":
+            try:
+                with open(path, "r+b") as handle:
+                    handle.truncate(cut)
+            except FileNotFoundError:  # merged and removed meanwhile by the main process of a sharded run
+                pass
+        data = data[:cut]
+    records, seen = [], set()
+    # split on "\n" only: str.splitlines() would also split inside strings holding U+2028, U+0085...
+    for number, line in enumerate(data.decode("utf-8").split("\n")[:-1], start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RunFolderError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if record.get("id") in seen:
+            raise RunFolderError(f"{path}:{number}: field 'id': example '{record.get('id')}' appears twice")
+        seen.add(record.get("id"))
+        records.append(record)
+    return records
+
+
+def append_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append records as JSON lines, flushed and fsynced (a crash cuts at most the last line short)."""
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def check_configuration(
