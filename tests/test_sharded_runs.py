@@ -22,7 +22,9 @@ from iagbench.runner import RunSpec, run
 from iagbench_plugins.datasets.sample import Sample
 
 SAMPLE_TEST = Sample().load("test")
-TINY = ("--reader", "tiny-llama", "--limit", "20", "--batch-size", "4", "--reader-args", "max_new_tokens=3", "--no-progress")
+# the bare prompt: with the few-shot one the random model gives every question the same answer
+TINY = ("--reader", "tiny-llama", "--limit", "20", "--batch-size", "4", "--reader-args", "prompt=plain,max_new_tokens=4",
+        "--no-progress")
 ECHO = ("--reader", "echo", "--limit", "40", "--batch-size", "2", "--no-progress")
 LEFTOVERS = ("predictions.rank*", "rank*-of-*.json")
 
@@ -61,9 +63,10 @@ def only_folder(runs: Path) -> Path:
 def one_process(tmp_path_factory) -> Path:
     """The reference: the TINY configuration run by one process (this one; tests/test_runs.py checks it
     writes what `iagbench run` writes)."""
-    spec = RunSpec("sample", "test", "none", "tiny-llama", reader_args={"max_new_tokens": 3}, limit=20, batch_size=4,
-                   runs_dir=tmp_path_factory.mktemp("one_process") / "runs")  # fmt: skip
+    spec = RunSpec("sample", "test", "none", "tiny-llama", reader_args={"prompt": "plain", "max_new_tokens": 4}, limit=20,
+                   batch_size=4, runs_dir=tmp_path_factory.mktemp("one_process") / "runs")  # fmt: skip
     folder, _ = run(spec, load_plugins(builtins_only=True), progress=False, log=lambda message: None)
+    assert len({r["raw"] for r in lines(folder.predictions_path)}) >= 10  # answers that tell examples apart
     return folder.path
 
 
@@ -83,6 +86,7 @@ def test_several_processes_write_what_one_process_writes(one_process, nproc, tmp
     folder = only_folder(tmp_path / "runs")
     assert folder.name == one_process.name  # the configuration hash does not depend on the world size
     assert lines(folder / "predictions.jsonl") == lines(one_process / "predictions.jsonl")  # same records, same order
+    assert (folder / "predictions.jsonl").read_bytes() == (one_process / "predictions.jsonl").read_bytes()
     assert not [p for pattern in LEFTOVERS for p in folder.glob(pattern)]
     assert out.count("run folder:") == 1 and folder.name in out  # one table, from rank 0
 
