@@ -148,8 +148,14 @@ def _converted_gguf(gguf_path: Path) -> Path:
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "COMPLETE").write_text(f"converted from {gguf_path}\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    if folder.exists() and not (folder / "COMPLETE").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # left by an older version
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process (a rank of the same run) converted it first: use that one
+        if not (folder / "COMPLETE").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
