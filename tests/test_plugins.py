@@ -25,7 +25,8 @@ BUILTINS = {  # plugin -> kind -> names it registers
     "iagbench-imaginers": {"imaginers": {"none", "given"}},
     "iagbench-hyperlora": {"imaginers": {"hyperlora"}},
     "iagbench-retrieval": {"imaginers": {"bm25", "dense", "hybrid"}},
-    "iagbench-readers": {"readers": {"causal-lm", "smollm2-135m", "llama-7b", "llama-13b", "tiny-llama"}},
+    "iagbench-readers": {"readers": {"causal-lm", "smollm2-135m", "llama-7b", "llama-13b", "tiny-llama",
+                                     "fid-t5", "fid-t5-base", "fid-t5-large", "fid-t5-3b", "fid-tiny"}},
     "iagbench-metrics": {"metrics": {"em", "f1", "subspan_em", "has_answer"}},
 }
 BUILTIN_PLUGINS = set(BUILTINS)
@@ -210,7 +211,7 @@ def test_unknown_name_suggests_close_names_and_lists_the_known_ones(plugins):
         plugins["readers"].get("tiny-lama")
     message = str(error.value)
     assert "unknown reader 'tiny-lama'" in message and "Did you mean 'tiny-llama'" in message
-    assert "Known readers: causal-lm, llama-13b, llama-7b, smollm2-135m, tiny-llama" in message
+    assert "Known readers: causal-lm, fid-t5, fid-t5-3b, fid-t5-base, fid-t5-large, fid-tiny, llama-13b, llama-7b, smollm2-135m, tiny-llama" in message
 
     with pytest.raises(UnknownNameError, match="Did you mean 'closed-book'"):
         plugins["imaginers"].get("closed-bok")

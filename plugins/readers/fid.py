@@ -1,0 +1,424 @@
+"""The `fid-t5` reader: T5 Fusion-in-Decoder (Izacard & Grave, EACL 2021, facebookresearch/FiD).
+
+Each (question, passage) pair is encoded on its own as ``question: q title: t context: c``, cut
+to ``text_maxlength`` tokens (the end-of-sequence token included, as FiD's tokenizer call does);
+the encoder states of one question's passages are concatenated and the decoder reads them all
+through cross-attention. A question without passages is closed-book T5 (``question: q``).
+
+Batching. All passages of a batch go through the encoder in one call, as rows of a
+(passages x tokens) tensor, each row tagged with its example (``Encoded.rows``). The states of an
+example's passages are then packed without their padding into one row per example, so examples
+with different numbers of passages share a batch: each example's decoder sees exactly its own
+tokens, and its answer is the one it gets alone (tested). FiD itself needs the same number of
+passages for every example (it reshapes ``n_context`` padded passages) and pads every passage to
+``text_maxlength``; T5's cross-attention has no position bias, so leaving the padding out changes
+nothing but the work.
+
+Decoding. Greedy by default, with our own loop over the decoder (self-attention cache, the
+cross-attention keys and values computed once) that drops each row as soon as it ends, so a batch
+costs what its longest answer costs for that row only; ``num_beams > 1`` uses transformers'
+``generate`` beam search over the same encoder outputs. Greedy outputs equal ``generate``'s (tested).
+
+Training. ``trainable_module()`` is the whole T5 (``train=full``, FiD's fine-tuning) or nothing
+(``train=none``: a frozen reader, e.g. for training an imaginer through it); ``loss`` is the token
+cross-entropy of one gold answer, as FiD (``random.choice`` of the answers, Python's RNG, which
+`iagbench train` seeds and checkpoints; ``train_answer=first`` for the first), and
+``answer_logits`` gives the decoder logits over given answer tokens (teacher forcing), for
+distillation.
+
+Hooks for later per-example adapters: the encoder runs on rows that ``Encoded.rows`` maps to
+examples, and the decoding loop reports the rows it keeps (``on_select``), like the causal-lm reader's.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
+from iagbench.components import Trainable
+
+from .causal_lm import pick_device, pick_dtype
+from .decoding import cache_keyword
+from .t5_models import load_t5, resolve_t5
+
+TRAIN_MODES = ("full", "none")
+TRAIN_ANSWERS = ("random", "first")
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """How a (question, passage) pair becomes encoder text; its name and version go into every run's record."""
+
+    name: str
+    version: int
+    question: str
+    passage: str
+    note: str = ""
+
+    def texts(self, question: str, passages: Sequence[Passage]) -> list[str]:
+        """One encoder input per passage, or the question alone when there are none."""
+        if not passages:
+            return [self.question.format(question=question)]
+        return [self.passage.format(question=question, title=p.title, text=p.text) for p in passages]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "question": self.question, "passage": self.passage, "note": self.note}
+
+
+FID_FORMAT = InputFormat(
+    name="fid",
+    version=1,
+    question="question: {question}",
+    passage="question: {question} title: {title} context: {text}",
+    note="facebookresearch/FiD src/data.py: question_prefix + ' ' + question + ' ' + 'title: {} context: {}'",
+)
+
+
+@dataclass
+class Encoded:
+    """The encoder side of a batch: packed states, their mask, and what went in."""
+
+    hidden: Any  # (examples, tokens, d_model): each example's passages, padding left out, concatenated
+    mask: Any  # (examples, tokens): 1 on real tokens
+    rows: Any  # (encoder rows,): the example of each encoder row (one row per passage)
+    info: list[dict[str, Any]]  # per example: passages, passages cut at text_maxlength, tokens
+
+
+class FiDReader(Reader, Trainable):
+    """T5 Fusion-in-Decoder: passages encoded one by one, read together by the decoder."""
+
+    accepts = frozenset({"passages"})
+
+    def __init__(
+        self,
+        model: str = "fid-t5-base",
+        *,
+        text_maxlength: int = 250,
+        max_new_tokens: int = 49,
+        num_beams: int = 1,
+        dtype: str = "auto",
+        device: str = "auto",
+        encoder_batch_size: int | None = None,
+        train: str = "full",
+        train_answer: str = "random",
+        gradient_checkpointing: bool = False,
+        tokenizer: str | None = None,
+        checkpoint: str | None = None,
+        seed: int = 0,
+    ):
+        for name, value in (("text_maxlength", text_maxlength), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+            _check_positive(name, value)
+        if text_maxlength < 2:
+            raise ConfigurationError(f"reader option text_maxlength={text_maxlength}: needs room for a token and the end token")
+        if encoder_batch_size is not None:
+            _check_positive("encoder_batch_size", encoder_batch_size)
+        if train not in TRAIN_MODES:
+            raise ConfigurationError(f"reader option train={train!r}: expected one of {', '.join(TRAIN_MODES)}")
+        if train_answer not in TRAIN_ANSWERS:
+            raise ConfigurationError(f"reader option train_answer={train_answer!r}: expected one of {', '.join(TRAIN_ANSWERS)}")
+        self.format = FID_FORMAT
+        self.text_maxlength, self.max_new_tokens, self.num_beams = text_maxlength, max_new_tokens, num_beams
+        self.encoder_batch_size = encoder_batch_size
+        self.train_mode, self.train_answer = train, train_answer
+        self.source = resolve_t5(model)
+        self.device = pick_device(device)
+        # fp32 unless asked: T5 overflows in fp16, FiD ran it in fp32, and full fine-tuning needs fp32
+        # weights (the trainer's bf16 autocast gives the speed). dtype=bf16 for faster inference.
+        self.dtype = _torch_float32() if dtype == "auto" else pick_dtype(dtype, self.device)
+        self.model, self.tokenizer, self.model_info = load_t5(
+            self.source, dtype=self.dtype, device=self.device, seed=seed, tokenizer=tokenizer
+        )
+        config = self.model.config
+        self.start_id = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else config.pad_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+        if self.eos_id is None or self.start_id is None or self.pad_id is None:
+            raise ConfigurationError(f"model '{model}': its tokenizer/config lacks an end, pad or decoder start token")
+        self.model.requires_grad_(train == "full")
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing:  # FiD's --use_checkpoint (activation checkpointing while training)
+            enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+            enable()
+        self._cache_key = cache_keyword(self.model)
+        self.checkpoint = None
+        if checkpoint:
+            from iagbench.checkpoints import load_trainable
+
+            # The checkpoint holds the whole T5 (trained with train=full); it loads whatever train= is now.
+            self.checkpoint = str(load_trainable(_WholeModel(self), checkpoint, "reader"))
+
+    # ---- Reader ----
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model_info,
+            "input_format": self.format.describe(),
+            "text_maxlength": self.text_maxlength,
+            "max_new_tokens": self.max_new_tokens,
+            "decoding": "greedy" if self.num_beams == 1 else f"beam search (num_beams={self.num_beams})",
+            "num_beams": self.num_beams,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device,
+            "encoder_batch_size": self.encoder_batch_size,
+            "train": self.train_mode,
+            "train_answer": self.train_answer,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "checkpoint": self.checkpoint,
+        }
+
+    def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
+        import torch
+
+        if not examples:
+            return []
+        with torch.inference_mode():
+            encoded = self.encode(examples, contexts)
+            if self.num_beams == 1:
+                tokens = greedy_decode_seq2seq(
+                    self.model, encoded.hidden, encoded.mask, start_id=self.start_id, end_id=self.eos_id,
+                    max_new_tokens=self.max_new_tokens,
+                )  # fmt: skip
+            else:
+                tokens = self._beam_search(encoded)
+        answers = []
+        for ids, info in zip(tokens, encoded.info):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            raw = self.tokenizer.decode(ids, skip_special_tokens=False)
+            answers.append(Answer(text, raw=raw, details=info))
+        return answers
+
+    # ---- the encoder side ----
+
+    def encoder_inputs(self, examples: Sequence[Example], contexts: Sequence[Context]) -> tuple[list[list[int]], list[int], list[dict[str, Any]]]:
+        """Token ids of every encoder row (text_maxlength at most, end token last), the example of each row, and per-example info."""
+        if len(examples) != len(contexts):
+            raise ValueError(f"{len(examples)} examples but {len(contexts)} contexts")
+        texts, rows, counts = [], [], []
+        for index, (example, context) in enumerate(zip(examples, contexts)):
+            if context.adapter is not None:
+                raise ConfigurationError("the fid-t5 reader does not apply adapters (yet): give it passages only")
+            own = self.format.texts(example.question, context.passages)
+            texts.extend(own)
+            rows.extend([index] * len(own))
+            counts.append(len(context.passages))
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        room = self.text_maxlength - 1
+        cut = [len(row) > room for row in ids]
+        ids = [row[:room] + [self.eos_id] for row in ids]
+        info = [{"passages": n, "passages_cut": 0, "input_tokens": 0} for n in counts]
+        for row, example_index in enumerate(rows):
+            info[example_index]["input_tokens"] += len(ids[row])
+            if cut[row]:
+                info[example_index]["passages_cut"] += 1
+        return ids, rows, info
+
+    def encode(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Encoded:
+        """Every passage of the batch through the encoder (one call, or ``encoder_batch_size`` rows at a time), packed per example."""
+        import torch
+
+        ids, rows, info = self.encoder_inputs(examples, contexts)
+        width = max(map(len, ids))
+        input_ids = torch.tensor([row + [self.pad_id] * (width - len(row)) for row in ids], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], device=self.device)
+        row_examples = torch.tensor(rows, device=self.device)
+        step = self.encoder_batch_size or len(ids)
+        hidden = torch.cat([
+            self.model.encoder(input_ids=input_ids[start : start + step], attention_mask=mask[start : start + step]).last_hidden_state
+            for start in range(0, len(ids), step)
+        ])  # fmt: skip
+        packed, packed_mask = pack_rows(hidden, mask, row_examples, len(examples))
+        return Encoded(packed, packed_mask, row_examples, info)
+
+    # ---- decoding ----
+
+    def _beam_search(self, encoded: Encoded) -> list[list[int]]:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        sequences = self.model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden),
+            attention_mask=encoded.mask,
+            num_beams=self.num_beams,
+            num_return_sequences=1,
+            do_sample=False,
+            max_new_tokens=self.max_new_tokens,
+            decoder_start_token_id=self.start_id,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        out = []
+        for row in sequences[:, 1:].tolist():  # drop the decoder start token
+            out.append(row[: row.index(self.eos_id) + 1] if self.eos_id in row else row)
+        return out
+
+    # ---- training ----
+
+    def trainable_module(self) -> Any:
+        return self.model if self.train_mode == "full" else None
+
+    def train(self, mode: bool = True) -> None:
+        if self.train_mode == "full":
+            self.model.train(mode)
+
+    def target_ids(self, targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
+        """(ids, mask) of answer targets, right-padded: a string is tokenized and ends with the end token; a list of ids is used as it is."""
+        import torch
+
+        rows = []
+        for target in targets:
+            if isinstance(target, str):
+                rows.append(self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eos_id])
+            else:
+                rows.append([int(token) for token in target])
+        if any(not row for row in rows):
+            raise ValueError("an empty target (no token ids)")
+        width = max(map(len, rows))
+        ids = torch.tensor([row + [self.pad_id] * (width - len(row)) for row in rows], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device, dtype=torch.bool)
+        return ids, mask
+
+    def answer_logits(self, examples: Sequence[Example], contexts: Sequence[Context], targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
+        """Decoder logits (examples, target tokens, vocabulary) with teacher forcing, and the mask of real target tokens.
+
+        ``logits[b, t]`` is the distribution over target token ``t`` of example ``b`` given its
+        passages and the target's tokens before ``t``. Targets are strings (an end token is
+        appended) or token id lists (see ``target_ids``). Differentiable unless called without grad.
+        """
+        ids, mask = self.target_ids(targets)
+        return self._teacher_forced(examples, contexts, ids, mask), mask
+
+    def _teacher_forced(self, examples: Sequence[Example], contexts: Sequence[Context], ids: Any, mask: Any) -> Any:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        encoded = self.encode(examples, contexts)
+        decoder_input = ids.new_full(ids.shape, self.pad_id)
+        decoder_input[:, 0] = self.start_id
+        decoder_input[:, 1:] = ids[:, :-1].masked_fill(~mask[:, :-1], self.pad_id)
+        output = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden),
+            attention_mask=encoded.mask,
+            decoder_input_ids=decoder_input,
+            decoder_attention_mask=mask.long(),
+            use_cache=False,
+        )
+        return output.logits
+
+    def training_targets(self, examples: Sequence[Example]) -> list[str]:
+        """The answer each example is trained on: ``random.choice`` (FiD) or the first."""
+        targets = []
+        for example in examples:
+            if not example.answers:
+                raise ConfigurationError(f"example {example.id!r} has no gold answer to train on")
+            targets.append(random.choice(example.answers) if self.train_answer == "random" else example.answers[0])
+        return targets
+
+    def loss(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
+        """Mean cross-entropy over the answer tokens of the batch (end token included), as FiD's T5 loss."""
+        import torch
+
+        ids, mask = self.target_ids(self.training_targets(examples))
+        logits = self._teacher_forced(examples, contexts, ids, mask)
+        labels = ids.masked_fill(~mask, -100)
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+class _WholeModel:
+    """What ``load_trainable`` loads a checkpoint into: the whole T5, whatever ``train=`` says now."""
+
+    def __init__(self, reader: FiDReader):
+        self.reader = reader
+
+    def trainable_module(self) -> Any:
+        return self.reader.model
+
+
+_WholeModel.__name__ = _WholeModel.__qualname__ = "FiDReader"  # error messages name the reader
+
+
+def pack_rows(hidden: Any, mask: Any, row_examples: Any, examples: int) -> tuple[Any, Any]:
+    """Concatenate each example's rows, leaving padding out: (rows, width, d) -> (examples, longest, d) and its mask.
+
+    Rows must be grouped by example, in order (as ``encoder_inputs`` makes them). Differentiable.
+    """
+    import torch
+
+    flat_mask = mask.reshape(-1).bool()
+    positions = flat_mask.nonzero(as_tuple=True)[0]
+    token_example = row_examples.repeat_interleave(mask.shape[1])[positions]
+    lengths = torch.bincount(token_example, minlength=examples)
+    starts = torch.cumsum(lengths, 0) - lengths
+    rank = torch.arange(len(positions), device=hidden.device) - starts[token_example]
+    longest = int(lengths.max()) if len(lengths) else 0
+    packed = hidden.new_zeros((examples, longest, hidden.shape[-1]))
+    packed = packed.index_put((token_example, rank), hidden.reshape(-1, hidden.shape[-1])[positions])
+    packed_mask = mask.new_zeros((examples, longest))
+    packed_mask[token_example, rank] = 1
+    return packed, packed_mask
+
+
+def greedy_decode_seq2seq(
+    model: Any,
+    hidden: Any,
+    mask: Any,
+    *,
+    start_id: int,
+    end_id: int,
+    max_new_tokens: int,
+    on_select: Callable[[Any], None] | None = None,
+) -> list[list[int]]:
+    """Greedy answers over given encoder states; a row ends after ``end_id`` (kept) or ``max_new_tokens``.
+
+    Finished rows leave the batch (their cache, states and mask too); ``on_select`` is told which
+    rows stay (for per-row state such as adapters).
+    """
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    cache_key = cache_keyword(model)
+    rows = hidden.shape[0]
+    alive = torch.arange(rows, device=hidden.device)
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    step_ids = torch.full((rows, 1), start_id, dtype=torch.long, device=hidden.device)
+    cache = None
+    for _ in range(max_new_tokens):
+        output = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+            attention_mask=mask,
+            decoder_input_ids=step_ids,
+            use_cache=True,
+            **{cache_key: cache},
+        )
+        cache = getattr(output, cache_key)
+        next_ids = output.logits[:, -1, :].argmax(dim=-1)
+        for row, token in zip(alive.tolist(), next_ids.tolist()):
+            generated[row].append(token)
+        keep = (next_ids != end_id).nonzero(as_tuple=True)[0]
+        if len(keep) == 0:
+            break
+        if len(keep) < len(alive):
+            alive, next_ids, hidden, mask = alive[keep], next_ids[keep], hidden[keep], mask[keep]
+            cache.batch_select_indices(keep)
+            if on_select is not None:
+                on_select(keep)
+        step_ids = next_ids[:, None]
+    return generated
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"reader option {name}={value!r}: expected a positive integer")
+
+
+def _torch_float32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+fid_t5_base = functools.partial(FiDReader, model="fid-t5-base")
+fid_t5_large = functools.partial(FiDReader, model="fid-t5-large")
+fid_t5_3b = functools.partial(FiDReader, model="fid-t5-3b")
+fid_tiny = functools.partial(FiDReader, model="fid-tiny")
