@@ -240,6 +240,14 @@ def test_bad_options_are_one_line_errors(options, message):
         FiDReader(**{"model": "fid-tiny", **options})
 
 
+def test_hub_model_missing_offline_is_one_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigurationError, match="cannot load model from Hugging Face hub id .*'iagbench-test/no-such-t5'"):
+        FiDReader(model="iagbench-test/no-such-t5")
+
+
 def test_adapters_are_refused(reader):
     with pytest.raises(ConfigurationError, match="does not apply adapters"):
         reader.answer(EXAMPLES[:1], [Context(adapter=object())])
