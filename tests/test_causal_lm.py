@@ -102,10 +102,34 @@ def test_plain_prompt_has_examples_question_and_passages(tiny: CausalLMReader) -
     text = template.render("who wrote the iliad", [Passage("Homer wrote it.", title="Iliad")], tiny.tokenizer, chat=False)
     assert text.endswith("Question: who wrote the iliad\nAnswer:")
     assert "Passage 1 (Iliad): Homer wrote it." in text
-    assert text.count("Question:") == 1 + len(template.few_shot)
+    assert text.count("Question:") == 1 + len(template.passage_shots)
+    assert get_template("short-answer").render("q", [], tiny.tokenizer, chat=False).count("Question:") == 1 + len(template.few_shot)
     assert get_template("plain").render("q", [], tiny.tokenizer, chat=False) == "Question: q\nAnswer:"
     with pytest.raises(ConfigurationError, match="unknown prompt"):
         get_template("nope")
+
+
+def test_passage_prompt_shows_worked_examples_with_passages_and_the_best_passage_last(tiny: CausalLMReader) -> None:
+    template = get_template("short-answer")
+    ranked = [Passage("first.", title="A"), Passage("second.", title="B")]
+    text = template.render("who wrote the iliad", ranked, tiny.tokenizer, chat=False)
+    assert text.endswith("Passage 1 (B): second.\nPassage 2 (A): first.\n\nQuestion: who wrote the iliad\nAnswer:")
+    assert text.count("Question:") == 1 + len(template.passage_shots)
+    assert "Passage 2 (The Magic Flute): The Magic Flute is an opera" in text
+    assert "Answer: Emanuel Schikaneder\n" in text
+    closed_book = template.render("who wrote the iliad", [], tiny.tokenizer, chat=False)
+    assert "Passage" not in closed_book and "Answer: Wolfgang Amadeus Mozart\n" in closed_book
+    chat = get_template("short-answer-chat").render("q", ranked, tiny.tokenizer, chat=False)
+    assert chat.index("first.") < chat.index("second.")  # the chat template keeps rank order
+
+
+def test_best_last_keeps_the_top_passages_when_the_budget_cuts() -> None:
+    reader = CausalLMReader(model="tiny-llama", max_new_tokens=2)
+    passages = [Passage("alpha " * 40, "A"), Passage("beta " * 40, "B"), Passage("gamma " * 40, "C")]
+    reader.max_input_tokens = reader.count(reader.render("q", [Passage("", p.title) for p in passages])) + 340
+    prompt, info = reader.fit("q", passages)
+    assert info["passages_cut"] == [1] and "gamma" not in prompt
+    assert prompt.index("beta") < prompt.index("alpha " * 40) < prompt.index("Question: q")
 
 
 def test_reader_reads_passages(tiny: CausalLMReader) -> None:
@@ -142,7 +166,8 @@ def test_bad_options_are_rejected() -> None:
 def test_tiny_llama_is_labelled_random(tiny: CausalLMReader) -> None:
     info = tiny.describe()
     assert info["model"]["random_init"] is True
-    assert info["prompt"] == {"name": "short-answer", "version": "1", "few_shot": 5, "extract": True, "stop": ["\n"]}
+    assert info["prompt"] == {"name": "short-answer", "version": "2", "few_shot": 5, "extract": True, "stop": ["\n"],
+                              "passage_shots": 4, "passage_order": "best last"}
 
 
 @pytest.mark.slow

@@ -21,6 +21,49 @@ FEW_SHOT: tuple[tuple[str, str], ...] = (
     ("when did the titanic sink", "1912"),
 )
 
+# Worked examples with passages, shown instead of FEW_SHOT when the question comes with passages: they
+# show the model that the answer is read from the passages, and that some passages do not help.
+# Written for this project (general knowledge, no text from a benchmark or corpus).
+PASSAGE_SHOTS: tuple[tuple[tuple[tuple[str, str], ...], str, str], ...] = (
+    (
+        (
+            ("Don Giovanni", "Don Giovanni is an opera in two acts with music by Mozart and an Italian libretto by "
+             "Lorenzo Da Ponte, first performed in Prague in 1787."),
+            ("The Magic Flute", "The Magic Flute is an opera in two acts by Wolfgang Amadeus Mozart to a German "
+             "libretto by Emanuel Schikaneder. It premiered in Vienna on 30 September 1791."),
+        ),
+        "who wrote the libretto of the magic flute",
+        "Emanuel Schikaneder",
+    ),
+    (
+        (
+            ("Tungsten", "Tungsten, or wolfram, is a chemical element with the symbol W and atomic number 74. It has "
+             "the highest melting point of all known elements."),
+            ("Tin", "Tin is a chemical element with the symbol Sn and atomic number 50. It is a silvery metal."),
+        ),
+        "what is the atomic number of tungsten",
+        "74",
+    ),
+    (
+        (
+            ("Douro", "The Douro is one of the major rivers of the Iberian Peninsula, flowing from Spain through "
+             "northern Portugal to the Atlantic Ocean."),
+            ("Porto", "Porto is the second-largest city in Portugal, after Lisbon. It lies on the estuary of the "
+             "Douro River in the north of the country."),
+        ),
+        "in which country is the city of porto",
+        "Portugal",
+    ),
+    (
+        (
+            ("Titanic", "RMS Titanic was a British passenger liner that sank in the North Atlantic Ocean on 15 April "
+             "1912 after striking an iceberg during her maiden voyage from Southampton to New York City."),
+        ),
+        "when did the titanic sink",
+        "15 April 1912",
+    ),
+)
+
 INSTRUCTION = "Answer the question with a short answer of a few words, without explanation."
 PASSAGE_INSTRUCTION = (
     "Answer the question with a short answer of a few words, without explanation, using the passages if they help."
@@ -38,6 +81,8 @@ class PromptTemplate:
     extract: bool = True
     stop: tuple[str, ...] = ("\n",)
     use_chat: bool = True
+    passage_shots: tuple[tuple[tuple[tuple[str, str], ...], str, str], ...] = ()
+    best_last: bool = False
     notes: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -47,6 +92,8 @@ class PromptTemplate:
             "few_shot": len(self.few_shot),
             "extract": self.extract,
             "stop": list(self.stop),
+            "passage_shots": len(self.passage_shots),
+            "passage_order": "best last" if self.best_last else "best first",
         }
 
     def render(self, question: str, passages: Sequence[Passage], tokenizer: Any, *, chat: bool) -> str:
@@ -57,18 +104,28 @@ class PromptTemplate:
 
     def _render_chat(self, question: str, passages: Sequence[Passage], tokenizer: Any) -> str:
         messages = [{"role": "system", "content": PASSAGE_INSTRUCTION if passages else self.instruction}]
-        for shot_question, shot_answer in self.few_shot:
-            messages.append({"role": "user", "content": f"Question: {shot_question}"})
+        for shot_passages, shot_question, shot_answer in self.shots(passages):
+            messages.append({"role": "user", "content": format_passages(shot_passages) + f"Question: {shot_question}"})
             messages.append({"role": "assistant", "content": shot_answer})
-        messages.append({"role": "user", "content": format_passages(passages) + f"Question: {question}"})
+        messages.append({"role": "user", "content": format_passages(self.ordered(passages)) + f"Question: {question}"})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _render_plain(self, question: str, passages: Sequence[Passage]) -> str:
         parts = [PASSAGE_INSTRUCTION if passages else self.instruction, ""] if self.instruction else []
-        for shot_question, shot_answer in self.few_shot:
-            parts.append(f"Question: {shot_question}\nAnswer: {shot_answer}\n")
-        parts.append(format_passages(passages) + f"Question: {question}\nAnswer:")
+        for shot_passages, shot_question, shot_answer in self.shots(passages):
+            parts.append(format_passages(shot_passages) + f"Question: {shot_question}\nAnswer: {shot_answer}\n")
+        parts.append(format_passages(self.ordered(passages)) + f"Question: {question}\nAnswer:")
         return "\n".join(parts)
+
+    def shots(self, passages: Sequence[Passage]) -> list[tuple[list[Passage], str, str]]:
+        """The worked examples: with their own passages when the question has passages and the template has such shots."""
+        if passages and self.passage_shots:
+            return [([Passage(text, title) for title, text in shot], q, a) for shot, q, a in self.passage_shots]
+        return [([], q, a) for q, a in self.few_shot]
+
+    def ordered(self, passages: Sequence[Passage]) -> list[Passage]:
+        """Passages in prompt order: rank order, or reversed so that the best one is nearest the question."""
+        return list(reversed(passages)) if self.best_last else list(passages)
 
     def answer(self, generated: str) -> str:
         return extract_short_answer(generated) if self.extract else generated.strip()
@@ -96,7 +153,13 @@ def extract_short_answer(generated: str) -> str:
 TEMPLATES: dict[str, PromptTemplate] = {
     # Plain-text few-shot works for base and instruct models alike (SmolLM2-135M-Instruct, NQ test
     # first 120: em 4.2 plain vs 0.0 through its chat template, which answers in whole sentences).
-    "short-answer": PromptTemplate("short-answer", "1", few_shot=FEW_SHOT, use_chat=False),
+    # v2: with passages, worked examples that have passages (some unhelpful) and the best passage last,
+    # nearest the question (SmolLM2-135M, bm25 top-5, first 80 nq-oracle questions: subspan_em 13.8 with
+    # v1's rank order and passage-free examples, 21.2 best-last alone, 23.8 both; benchmarks/NOTES.md).
+    # Closed-book prompts are unchanged from v1.
+    "short-answer": PromptTemplate(
+        "short-answer", "2", few_shot=FEW_SHOT, use_chat=False, passage_shots=PASSAGE_SHOTS, best_last=True
+    ),
     "short-answer-chat": PromptTemplate("short-answer-chat", "1", few_shot=FEW_SHOT),
     # For fine-tuned readers (LoRA, HyperLoRA): the bare question, answer up to the newline, extracted.
     "qa": PromptTemplate("qa", "1", instruction="", use_chat=False),
