@@ -77,6 +77,8 @@ class Trainable:
     restores it with ``load_state_dict``. A trainable reader also implements ``loss`` (a scalar
     tensor: the cross-entropy of the gold answers given the contexts, differentiable through
     them); a trainable imaginer's ``imagine`` keeps gradients unless called under ``torch.no_grad``.
+    A trainable imaginer that implements ``loss`` itself is trained on its own objective alone
+    (called with one empty context per example; the reader then only serves evaluation).
     """
 
     def trainable_module(self) -> Any:
@@ -93,6 +95,10 @@ class Trainable:
 
         Called once by `iagbench train` on a fresh start (not on resume: fitted state is in checkpoints).
         """
+
+    def has_loss(self) -> bool:
+        """Whether this component computes a training loss (implements ``loss``); wrappers override it."""
+        return type(self).loss is not Trainable.loss
 
     def loss(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
         raise NotImplementedError(f"{type(self).__name__} cannot compute a training loss")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .errors import ConfigurationError
@@ -18,7 +19,8 @@ def parse_value(text: str) -> Any:
 
 
 def parse_options(text: str | None, *, flag: str = "--args") -> dict[str, Any]:
-    """Parse ``"k=v,k2=v2"``; a value may hold commas inside double quotes (``path="a,b"``)."""
+    """Parse ``"k=v,k2=v2"``; a value may hold commas inside double quotes (``path="a,b"``); a key may
+    carry a part prefix (``hyperlora.rank=8``, for composite imaginers)."""
     options: dict[str, Any] = {}
     if not text:
         return options
@@ -27,12 +29,21 @@ def parse_options(text: str | None, *, flag: str = "--args") -> dict[str, Any]:
             continue
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not key.isidentifier():
+        if not sep or not valid_key(key):
             raise ConfigurationError(f"{flag}: '{item}' is not of the form key=value (in '{text}')")
         if key in options:
             raise ConfigurationError(f"{flag}: option '{key}' given twice (in '{text}')")
         options[key] = parse_value(value.strip())
     return options
+
+
+PREFIX = re.compile(r"^[A-Za-z0-9][\w-]*$")
+
+
+def valid_key(key: str) -> bool:
+    """An option name, or ``part.name`` (a composite imaginer's option for one part: ``bm25.k``)."""
+    prefix, dot, name = key.partition(".")
+    return name.isidentifier() and bool(PREFIX.match(prefix)) if dot else key.isidentifier()
 
 
 def _split_commas(text: str, flag: str) -> list[str]:

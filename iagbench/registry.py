@@ -25,7 +25,13 @@ class Entry:
     plugin: str
     aliases: tuple[str, ...] = ()
     description: str = ""
+    parts: tuple["Entry", ...] = ()  # a composite imaginer's parts (see iagbench.compose)
     _factory: Callable[..., Any] | None = field(default=None, repr=False)
+
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """The plugins whose code this entry runs: its own, or its parts' for a composite."""
+        return tuple(dict.fromkeys(part.plugin for part in self.parts)) if self.parts else (self.plugin,)
 
     def load(self) -> Callable[..., Any]:
         """The factory itself, importing it on first use."""
@@ -109,6 +115,11 @@ class Registry:
             self._names[key] = entry
 
     def get(self, name: str) -> Entry:
+        """The entry of ``name`` or an alias; for imaginers, ``a+b[+c]`` is a composite (`iagbench.compose`)."""
+        if self.kind == "imaginers" and "+" in name and name not in self._names:
+            from .compose import composite_entry
+
+            return composite_entry(self, name)
         try:
             return self._names[name]
         except KeyError:

@@ -187,7 +187,7 @@ def results_from(records: Sequence[dict[str, Any]], config: dict[str, Any], elap
 
 def plugin_versions(plugins: Plugins, resolved: Resolved) -> dict[str, str | None]:
     versions = {item["name"]: item["version"] for item in plugins.describe()}
-    used = {resolved.dataset.plugin, resolved.imaginer.plugin, resolved.reader.plugin}
+    used = {plugin for entry in (resolved.dataset, resolved.imaginer, resolved.reader) for plugin in entry.plugins}
     return {name: versions.get(name) for name in sorted(used)}
 
 

@@ -54,7 +54,7 @@ from .registry import Entry
 from .runner import EXECUTION_KEYS, Resolved, batches, check_compatible, fingerprint, load_examples, plugin_versions
 from .runs import check_configuration, config_hash, folder_name, read_json, write_json_atomic
 from .scoring import score_example
-from .types import Example
+from .types import Context, Example
 
 DEFAULT_TRAIN_DIR = Path("trained")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -211,8 +211,8 @@ def _trainable(component: Any) -> Any:
     return component.trainable_module() if isinstance(component, Trainable) else None
 
 
-def _has_loss(reader: Reader) -> bool:
-    return isinstance(reader, Trainable) and type(reader).loss is not Trainable.loss
+def _has_loss(component: Imaginer | Reader) -> bool:
+    return isinstance(component, Trainable) and component.has_loss()
 
 
 class _Batch:
@@ -234,6 +234,8 @@ def _objective(imaginer: Imaginer, reader: Reader, parts: Any) -> Any:
 
         def forward(self, batch: _Batch) -> Any:
             imaginer, reader = self.__dict__["_components"]
+            if _has_loss(imaginer):  # an imaginer with its own objective (e.g. `imagine`) trains alone
+                return imaginer.loss(batch.examples, [Context() for _ in batch.examples])
             contexts = imaginer.imagine(batch.examples)
             if len(contexts) != len(batch.examples):
                 raise ConfigurationError(f"imaginer returned {len(contexts)} contexts for {len(batch.examples)} examples")
@@ -406,7 +408,13 @@ def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any]:
     names = f"imaginer '{setup.imaginer.name}' nor reader '{setup.reader.name}'"
     if not modules:
         raise ConfigurationError(f"nothing to train: neither {names} has trainable parts (Trainable.trainable_module())")
-    if not _has_loss(reader):
+    if _has_loss(imaginer):
+        if "reader" in modules:
+            raise ConfigurationError(
+                f"imaginer '{setup.imaginer.name}' trains on its own loss, which gives reader '{setup.reader.name}' no "
+                "gradient: give a reader without trainable parts (it then only serves evaluation)"
+            )
+    elif not _has_loss(reader):
         raise ConfigurationError(
             f"reader '{setup.reader.name}' cannot compute a training loss (it does not implement Trainable.loss)"
         )

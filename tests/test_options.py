@@ -36,6 +36,11 @@ def test_quoted_commas_and_equals_signs_stay_in_the_value():
     assert options == {"path": "a.jsonl,b.jsonl", "k": 2, "expr": "x=y"}
 
 
+def test_a_key_may_name_a_part_of_a_composite_imaginer():
+    options = parse_options("bm25.k=5,closed-book.x=1,hyperlora.rank=8,k=2")
+    assert options == {"bm25.k": 5, "closed-book.x": 1, "hyperlora.rank": 8, "k": 2}
+
+
 def test_whitespace_and_empty_items_are_ignored():
     assert parse_options(" a = 1 , b=x ,") == {"a": 1, "b": "x"}
     assert parse_options("") == {}
@@ -49,6 +54,9 @@ def test_whitespace_and_empty_items_are_ignored():
         ("a=1,novalue", "'novalue' is not of the form key=value"),
         ("=3", "is not of the form key=value"),
         ("1a=2", "is not of the form key=value"),
+        ("a.1=2", "is not of the form key=value"),
+        ("a.b.c=2", "is not of the form key=value"),
+        (".a=2", "is not of the form key=value"),
         ("a=1,b=2,a=3", "option 'a' given twice"),
         ('path="a,b', "unbalanced double quote"),
         ('a=1,b="x,y,c=2', "unbalanced double quote"),
