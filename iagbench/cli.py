@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .batching import AUTO
+from .compress_commands import add_compress_parser, command_compress
 from .errors import ConfigurationError, IagbenchError
 from .options import parse_options
 from .plugins import Plugins, default_plugins
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(stats)
 
     add_train_parser(parser, commands)
+    add_compress_parser(commands)
     return parser
 
 
@@ -327,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_index(args, plugins)
         if args.command == "retrieve":
             return command_retrieve(args, plugins)
+        if args.command == "compress":
+            return command_compress(args, plugins)
         return command_data(args, plugins)
     except IagbenchError as error:
         print(f"iagbench: error: {error}", file=sys.stderr)

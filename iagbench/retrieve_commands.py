@@ -11,13 +11,14 @@ import inspect
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from .components import Imaginer
 from .errors import ConfigurationError
 from .plugins import Plugins
-from .types import Example, Passage
+from .types import Context, Example, Passage
 
 
 def index_build(plugins: Plugins, kind: str, corpus: str, options: dict[str, Any], progress: bool) -> dict[str, Any]:
@@ -52,17 +53,11 @@ def retrieve(
     text, score and has_answer (DPR's, from the ``has_answer`` metric). Returns a summary."""
     from tqdm.auto import tqdm
 
-    from .runner import load_examples
-
-    dataset_entry = plugins["datasets"].get(dataset)
-    imaginer_entry = plugins["imaginers"].get(imaginer)
-    if "passages" not in frozenset(imaginer_entry.declared("provides")):
-        raise ConfigurationError(f"imaginer '{imaginer_entry.name}' provides no passages: nothing to retrieve")
-    if batch_size < 1:
-        raise ConfigurationError(f"--batch-size {batch_size}: expected a positive integer")
     has_answer = plugins["metrics"].get("has_answer").build() if "has_answer" in plugins["metrics"] else None
-    examples = load_examples(dataset_entry.build(**dataset_options), split, limit, dataset_entry.name)
-    component = imaginer_entry.build(**imaginer_options)
+    examples, component = passage_source(
+        plugins, dataset=dataset, dataset_options=dataset_options, split=split, imaginer=imaginer,
+        imaginer_options=imaginer_options, limit=limit, batch_size=batch_size, purpose="retrieve",
+    )  # fmt: skip
 
     started = time.perf_counter()
     hits_at: dict[int, int] = {}  # questions whose first passage with an answer is at this rank
@@ -73,11 +68,7 @@ def retrieve(
         with _open_output(tmp, gz=output.name.endswith(".gz")) as out, tqdm(
             total=len(examples), disable=not progress, desc="retrieving", unit="q"
         ) as bar:
-            for start in range(0, len(examples), batch_size):
-                batch = examples[start : start + batch_size]
-                contexts = component.imagine(batch)
-                if len(contexts) != len(batch):
-                    raise ConfigurationError(f"imaginer returned {len(contexts)} contexts for a batch of {len(batch)} examples")
+            for batch, contexts in imagined_batches(component, examples, batch_size):
                 for example, context in zip(batch, contexts):
                     record = fid_record(example, context.passages, has_answer)
                     passages_total += len(record["ctxs"])
@@ -109,6 +100,41 @@ def retrieve(
     recall = " ".join(f"has_answer{cut} {value:.2f}" for cut, value in summary.get("has_answer", {}).items())
     log(f"retrieved {len(examples)} questions in {seconds:.2f} s ({summary['questions_per_second']} q/s): {output}  {recall}".rstrip())
     return summary
+
+
+def passage_source(
+    plugins: Plugins,
+    *,
+    dataset: str,
+    dataset_options: dict[str, Any],
+    split: str,
+    imaginer: str,
+    imaginer_options: dict[str, Any],
+    limit: int | None,
+    batch_size: int,
+    purpose: str,
+) -> tuple[list[Example], Imaginer]:
+    """The examples of a split and a built imaginer that provides passages (for `retrieve`, `compress`)."""
+    from .runner import load_examples
+
+    dataset_entry = plugins["datasets"].get(dataset)
+    imaginer_entry = plugins["imaginers"].get(imaginer)
+    if "passages" not in frozenset(imaginer_entry.declared("provides")):
+        raise ConfigurationError(f"imaginer '{imaginer_entry.name}' provides no passages: nothing to {purpose}")
+    if batch_size < 1:
+        raise ConfigurationError(f"--batch-size {batch_size}: expected a positive integer")
+    examples = load_examples(dataset_entry.build(**dataset_options), split, limit, dataset_entry.name)
+    return examples, imaginer_entry.build(**imaginer_options)
+
+
+def imagined_batches(component: Imaginer, examples: Sequence[Example], batch_size: int) -> Iterator[tuple[list[Example], list[Context]]]:
+    """``(batch, contexts)`` for consecutive batches of ``examples``, checking one context per example."""
+    for start in range(0, len(examples), batch_size):
+        batch = list(examples[start : start + batch_size])
+        contexts = component.imagine(batch)
+        if len(contexts) != len(batch):
+            raise ConfigurationError(f"imaginer returned {len(contexts)} contexts for a batch of {len(batch)} examples")
+        yield batch, contexts
 
 
 def fid_record(example: Example, passages: tuple[Passage, ...], has_answer: Any) -> dict[str, Any]:

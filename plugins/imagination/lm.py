@@ -1,0 +1,87 @@
+"""A causal LM for the imagination plugins: loaded as the causal-lm reader loads its model, decoded greedily
+with the reader's batched decoder, and scored (log-likelihood of a continuation) for compression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from iagbench import ConfigurationError
+from iagbench_plugins.readers.causal_lm import end_token_ids, pick_device, pick_dtype
+from iagbench_plugins.readers.decoding import greedy_decode
+from iagbench_plugins.readers.models import load_model, resolve_model
+
+
+def check_positive(value: Any, name: str, component: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{component} option {name}={value!r}: expected a positive integer")
+    return value
+
+
+class CausalLM:
+    """A model, its tokenizer (left padding, a pad token) and its end-of-sequence ids."""
+
+    def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", seed: int = 0):
+        self.source = resolve_model(model)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model, self.tokenizer, self.info = load_model(self.source, dtype=self.dtype, device=self.device, seed=seed)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.end_ids = end_token_ids(self.model, self.tokenizer)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_prompt(self, content: str) -> str:
+        """One user turn in the model's chat template, ready for the assistant's reply."""
+        messages = [{"role": "user", "content": content}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text, special=False))
+
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of token-id prompts (left-padded into one batch), up to an end token."""
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompts], device=self.device)
+        with torch.inference_mode():
+            new_tokens = greedy_decode(self.model, input_ids, mask, max_new_tokens=max_new_tokens, end_ids=self.end_ids)
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def continuation_logprob(self, conditions: Sequence[str], continuation: str, *, max_condition_tokens: int = 512,
+                             batch_size: int = 32) -> list[float]:
+        """Per condition, the mean log-probability of the continuation's tokens after it.
+
+        The continuation is tokenised once and appended to each condition's tokens (its last
+        ``max_condition_tokens``), so every condition is scored on the same tokens. Rows are left-padded
+        with positions from the attention mask; only the continuation's logits are computed.
+        """
+        target = self.encode(continuation, special=False)
+        if not target:
+            raise ConfigurationError("cannot score an empty continuation")
+        scores: list[float] = []
+        for start in range(0, len(conditions), batch_size):
+            rows = [self.encode(c)[-max_condition_tokens:] + target for c in conditions[start : start + batch_size]]
+            width = max(map(len, rows))
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=len(target) + 1
+                ).logits[:, :-1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            gold = torch.tensor(target, device=self.device).expand(len(rows), -1)
+            scores += logprobs.gather(-1, gold[..., None])[..., 0].mean(-1).tolist()
+        return scores
