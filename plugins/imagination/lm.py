@@ -34,6 +34,12 @@ class CausalLM:
         self.end_ids = end_token_ids(self.model, self.tokenizer)
 
     @property
+    def base_model(self) -> Any:
+        """The transformers model itself (inside a peft wrapper, with its LoRA layers in place)."""
+        get_base_model = getattr(self.model, "get_base_model", None)
+        return get_base_model() if callable(get_base_model) else self.model
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
@@ -55,7 +61,7 @@ class CausalLM:
         input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompts], device=self.device)
         with torch.inference_mode():
-            new_tokens = greedy_decode(self.model, input_ids, mask, max_new_tokens=max_new_tokens, end_ids=self.end_ids)
+            new_tokens = greedy_decode(self.base_model, input_ids, mask, max_new_tokens=max_new_tokens, end_ids=self.end_ids)
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def continuation_logprob(self, conditions: Sequence[str], continuation: str, *, max_condition_tokens: int = 512,
@@ -78,7 +84,7 @@ class CausalLM:
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.model(
+                logits = self.base_model(
                     input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=len(target) + 1
                 ).logits[:, :-1].float()
             logprobs = torch.log_softmax(logits, dim=-1)
