@@ -61,6 +61,17 @@ class Plugin:
         register("passages-only", PassagesOnly)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """tiny-llama trains faster on one thread than on two the other tests also use."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def plugins():
     return load_plugins(builtins_only=True, extra=(Plugin(),), plugin_files=())
