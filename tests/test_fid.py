@@ -248,8 +248,10 @@ def test_hub_model_missing_offline_is_one_clear_error(monkeypatch):
         FiDReader(model="iagbench-test/no-such-t5")
 
 
-def test_adapters_are_refused(reader):
-    with pytest.raises(ConfigurationError, match="does not apply adapters"):
+def test_only_lora_adapters_are_accepted(reader):
+    # per-example LoRA (hyperlora) on FiD rows: tests/test_hyperlora_fid.py
+    assert "adapter" in FiDReader.accepts
+    with pytest.raises(ConfigurationError, match="LoRAAdapter weights only"):
         reader.answer(EXAMPLES[:1], [Context(adapter=object())])
 
 

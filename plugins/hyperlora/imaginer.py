@@ -10,27 +10,44 @@ import torch
 from iagbench import ConfigurationError, Context, Example, Imaginer
 from iagbench.components import Trainable
 
-from .adapters import LLAMA_TARGETS, LoRAAdapter, target_shapes
+from .adapters import LoRAAdapter, architecture_of, target_shapes
 from .features import build_encoder
 from .hypernetwork import HyperNetwork
 
 
-def model_shapes(model: str, targets: Sequence[str]) -> dict[str, tuple[int, int, int]]:
-    """Target shapes of a reader model, read from its configuration (the weights are not loaded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+def reader_skeleton(model: str) -> torch.nn.Module:
+    """The reader's model built on the meta device from its configuration (no weights are loaded).
+
+    ``model`` is what the reader's ``model=`` takes: a T5/FiD preset (``fid-tiny``, ``fid-t5-base``...),
+    a causal-LM preset (``tiny-llama``, ``smollm2-135m``...), a folder (a FiD checkpoint folder too)
+    or a hub id; encoder-decoder configurations give a T5 skeleton, the others a causal LM.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, T5Config
 
     from iagbench_plugins.readers.models import resolve_model
+    from iagbench_plugins.readers.t5_models import T5_PRESETS, resolve_t5
 
-    source = resolve_model(model)
-    if source.kind == "random":
-        config = LlamaConfig(vocab_size=259, **source.config)
-    elif source.kind == "gguf":
-        config = AutoConfig.from_pretrained(source.ref, gguf_file=source.gguf_file)
-    else:
-        config = AutoConfig.from_pretrained(source.ref)
+    source = resolve_t5(model) if model in T5_PRESETS else resolve_model(model)
+    try:
+        if source.kind == "random":
+            config_class = T5Config if model in T5_PRESETS else LlamaConfig
+            config = config_class(vocab_size=259, **source.config)  # the byte tokenizer's; no target depends on it
+        elif source.kind == "gguf":
+            config = AutoConfig.from_pretrained(source.ref, gguf_file=source.gguf_file)
+        else:
+            config = AutoConfig.from_pretrained(source.ref)
+    except OSError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigurationError(f"hyperlora option model={model!r}: cannot read its configuration: {first_line}") from None
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    return target_shapes(skeleton, targets)
+        return auto.from_config(config)
+
+
+def model_shapes(model: str, targets: Sequence[str] | None = None) -> dict[str, tuple[int, int, int]]:
+    """Target shapes of a reader model (its architecture's default targets if none are given)."""
+    skeleton = reader_skeleton(model)
+    return target_shapes(skeleton, targets or architecture_of(skeleton).default_targets)
 
 
 def parse_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
@@ -49,7 +66,7 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         self,
         model: str = "smollm2-135m",
         *,
-        targets: str = ",".join(LLAMA_TARGETS),
+        targets: str | None = None,
         rank: int = 32,
         hidden: int = 256,
         feature_dims: int = 255,
@@ -61,11 +78,14 @@ class HyperLoRAImaginer(Imaginer, Trainable):
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"hyperlora option {name}={value!r}: expected a positive integer")
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        self.targets = parse_targets(targets)
+        skeleton = reader_skeleton(model)
+        self.architecture = architecture_of(skeleton).name
+        self.targets = parse_targets(targets) if targets else architecture_of(skeleton).default_targets
+        self.shapes = target_shapes(skeleton, self.targets)
+        del skeleton
         self.encoder_name = encoder
         self.encoder = build_encoder(encoder, self.device)
-        self.shapes = model_shapes(model, self.targets)
-        self.settings = {"model": model, "targets": list(self.targets), "rank": rank, "hidden": hidden,
+        self.settings = {"model": model, "architecture": self.architecture, "targets": list(self.targets), "rank": rank, "hidden": hidden,
                          "feature_dims": feature_dims, "encoder": encoder}
         self.network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden).to(self.device)
         self.checkpoint = checkpoint

@@ -179,14 +179,10 @@ class CausalLMReader(Reader, Trainable):
         return [Answer(self.template.answer(text), raw=text, details=info) for text, (_, info) in zip(generated, fitted)]
 
     def _adapters(self, contexts: Sequence[Context]) -> list[Any] | None:
-        adapters = [context.adapter for context in contexts]
-        if all(adapter is None for adapter in adapters):
-            return None
-        if any(adapter is None for adapter in adapters):
-            raise ConfigurationError("a batch mixes examples with and without adapters")
-        if self._lora is None:
-            from iagbench_plugins.hyperlora.adapters import BatchedLoRA
+        from iagbench_plugins.hyperlora.adapters import BatchedLoRA, batch_adapters
 
+        adapters = batch_adapters(contexts)
+        if adapters is not None and self._lora is None:
             self._lora = BatchedLoRA(self.model, sorted(adapters[0].a))
         return adapters
 

@@ -26,8 +26,13 @@ cross-entropy of one gold answer, as FiD (``random.choice`` of the answers, Pyth
 ``answer_logits`` gives the decoder logits over given answer tokens (teacher forcing), for
 distillation.
 
-Hooks for later per-example adapters: the encoder runs on rows that ``Encoded.rows`` maps to
-examples, and the decoding loop reports the rows it keeps (``on_select``), like the causal-lm reader's.
+Adapters. Each example's LoRA (context kind ``adapter``, e.g. from the `hyperlora` imaginer with
+``model=fid-...``; targets ``enc_q, enc_v, dec_q, dec_v, cross_q, cross_v`` and the others listed
+in ``iagbench_plugins.hyperlora.adapters``) is applied with the causal-lm reader's batched hooks
+(``BatchedLoRA``): in the encoder every passage row gets its example's LoRA (the row map is
+``Encoded.rows``, per encoder chunk), in the decoder every example's row gets its own, rows leaving
+the batch as their answers end (``on_select``), beams of one example sharing its LoRA. The answer,
+``loss`` and ``answer_logits`` all apply them, differentiably (gradients reach the imaginer).
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ class Encoded:
 class FiDReader(Reader, Trainable):
     """T5 Fusion-in-Decoder: passages encoded one by one, read together by the decoder."""
 
-    accepts = frozenset({"passages"})
+    accepts = frozenset({"passages", "adapter"})
 
     def __init__(
         self,
@@ -144,6 +149,7 @@ class FiDReader(Reader, Trainable):
             enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
             enable()
         self._cache_key = cache_keyword(self.model)
+        self._lora: Any = None  # BatchedLoRA hooks, made at the first batch with adapters
         self.checkpoint = None
         if checkpoint:
             from iagbench.checkpoints import load_trainable
@@ -175,14 +181,17 @@ class FiDReader(Reader, Trainable):
 
         if not examples:
             return []
-        with torch.inference_mode():
-            encoded = self.encode(examples, contexts)
+        adapters = self._adapters(contexts)
+        with torch.inference_mode(), self._lora_active(adapters) as lora:
+            encoded = self.encode(examples, contexts, lora)
             if self.num_beams == 1:
                 tokens = greedy_decode_seq2seq(
                     self.model, encoded.hidden, encoded.mask, start_id=self.start_id, end_id=self.eos_id,
-                    max_new_tokens=self.max_new_tokens,
+                    max_new_tokens=self.max_new_tokens, on_select=lora.select if lora is not None else None,
                 )  # fmt: skip
             else:
+                if lora is not None:  # generate expands each example into num_beams rows, example-major
+                    lora.route("decoder", torch.arange(len(examples)).repeat_interleave(self.num_beams))
                 tokens = self._beam_search(encoded)
         answers = []
         for ids, info in zip(tokens, encoded.info):
@@ -199,8 +208,6 @@ class FiDReader(Reader, Trainable):
             raise ValueError(f"{len(examples)} examples but {len(contexts)} contexts")
         texts, rows, counts = [], [], []
         for index, (example, context) in enumerate(zip(examples, contexts)):
-            if context.adapter is not None:
-                raise ConfigurationError("the fid-t5 reader does not apply adapters (yet): give it passages only")
             own = self.format.texts(example.question, context.passages)
             texts.extend(own)
             rows.extend([index] * len(own))
@@ -216,8 +223,12 @@ class FiDReader(Reader, Trainable):
                 info[example_index]["passages_cut"] += 1
         return ids, rows, info
 
-    def encode(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Encoded:
-        """Every passage of the batch through the encoder (one call, or ``encoder_batch_size`` rows at a time), packed per example."""
+    def encode(self, examples: Sequence[Example], contexts: Sequence[Context], lora: Any = None) -> Encoded:
+        """Every passage of the batch through the encoder (one call, or ``encoder_batch_size`` rows at a time), packed per example.
+
+        ``lora``: the active ``BatchedLoRA`` of the batch's adapters (``_lora_active``), if any; each
+        encoder row then gets its example's LoRA.
+        """
         import torch
 
         ids, rows, info = self.encoder_inputs(examples, contexts)
@@ -226,12 +237,36 @@ class FiDReader(Reader, Trainable):
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], device=self.device)
         row_examples = torch.tensor(rows, device=self.device)
         step = self.encoder_batch_size or len(ids)
-        hidden = torch.cat([
-            self.model.encoder(input_ids=input_ids[start : start + step], attention_mask=mask[start : start + step]).last_hidden_state
-            for start in range(0, len(ids), step)
-        ])  # fmt: skip
+        chunks = []
+        for start in range(0, len(ids), step):
+            if lora is not None:
+                lora.route("encoder", row_examples[start : start + step])
+            chunks.append(self.model.encoder(input_ids=input_ids[start : start + step], attention_mask=mask[start : start + step]).last_hidden_state)
+        hidden = torch.cat(chunks)
         packed, packed_mask = pack_rows(hidden, mask, row_examples, len(examples))
         return Encoded(packed, packed_mask, row_examples, info)
+
+    # ---- adapters ----
+
+    def _adapters(self, contexts: Sequence[Context]) -> list[Any] | None:
+        from iagbench_plugins.hyperlora.adapters import BatchedLoRA, batch_adapters
+
+        adapters = batch_adapters(contexts)
+        if adapters is not None and self._lora is None:
+            self._lora = BatchedLoRA(self.model, sorted(adapters[0].a))
+        return adapters
+
+    def _lora_active(self, adapters: list[Any] | None) -> Any:
+        import contextlib
+
+        import torch
+
+        if adapters is None:
+            return contextlib.nullcontext(None)
+        if self.gradient_checkpointing and self.model.training and torch.is_grad_enabled():
+            # Checkpointed layers run again during backward, after the adapters' block has ended.
+            raise ConfigurationError("reader option gradient_checkpointing=true cannot train through adapters: turn it off")
+        return self._lora.active(adapters, dtype=self.dtype, device=self.device)
 
     # ---- decoding ----
 
@@ -293,17 +328,18 @@ class FiDReader(Reader, Trainable):
     def _teacher_forced(self, examples: Sequence[Example], contexts: Sequence[Context], ids: Any, mask: Any) -> Any:
         from transformers.modeling_outputs import BaseModelOutput
 
-        encoded = self.encode(examples, contexts)
         decoder_input = ids.new_full(ids.shape, self.pad_id)
         decoder_input[:, 0] = self.start_id
         decoder_input[:, 1:] = ids[:, :-1].masked_fill(~mask[:, :-1], self.pad_id)
-        output = self.model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden),
-            attention_mask=encoded.mask,
-            decoder_input_ids=decoder_input,
-            decoder_attention_mask=mask.long(),
-            use_cache=False,
-        )
+        with self._lora_active(self._adapters(contexts)) as lora:
+            encoded = self.encode(examples, contexts, lora)
+            output = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden),
+                attention_mask=encoded.mask,
+                decoder_input_ids=decoder_input,
+                decoder_attention_mask=mask.long(),
+                use_cache=False,
+            )
         return output.logits
 
     def training_targets(self, examples: Sequence[Example]) -> list[str]:
