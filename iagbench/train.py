@@ -4,17 +4,26 @@ The same code runs as one process (``iagbench train``) or several (``torchrun --
 ``accelerate launch``, ``deepspeed``, the latter two with a DeepSpeed config file): accelerate
 does data-parallel gradient averaging (or DeepSpeed ZeRO), bf16 on CUDA, gradient accumulation.
 
-Data: the examples of a dataset split, shuffled per epoch with a seeded RNG; the shuffled list is
-cut into global micro-batches of ``batch_size x processes`` examples (a remainder smaller than one is
-dropped that epoch) and each process takes its slice of each, so the examples of optimizer step
-``s`` do not depend on when training was interrupted. Step ``s`` uses global micro-batches
-``(s-1)*grad_accum ... s*grad_accum-1`` of the stream of epochs.
+Data: the examples of a dataset split, shuffled per epoch with a seeded RNG, epochs one after
+another: one stream counted in global examples (all processes together). With a global batch of
+``G = batch_size x processes x grad_accum`` examples per optimizer step, step ``s`` trains on
+stream positions ``(s-1)*G ... s*G-1``; its micro-batch ``m`` on the ``batch_size x processes``
+positions after ``(s-1)*G + m*batch_size*processes``, and each process on its ``batch_size`` slice
+of those. So the examples of a step depend on ``G`` alone: not on how it is split into processes
+and micro-batches, nor on when training was interrupted, and a run may resume with another number
+of processes (``--batch-size``/``--grad-accum`` chosen to keep ``G``).
 
 Output folder (``--output``, default ``trained/<dataset>-<split>__<imaginer>__<reader>__<hash>``):
 ``train_config.json`` (the resolved configuration, hashed; plugin versions), ``env.json``,
 ``log.jsonl`` (one line per logged step: loss, lr, examples/s, eval em), and ``checkpoints/``
 (see `iagbench.checkpoints`). The same command again resumes from ``checkpoints/latest``:
 optimizer, scheduler and RNG states are restored and ``log.jsonl`` continues after the saved step.
+
+Resuming with another number of processes: without DeepSpeed the optimizer state is whole on every
+process and loads as it is. DeepSpeed ZeRO shards it by process; so under DeepSpeed every checkpoint
+also holds the gathered AdamW moments (``state/optimizer_full.safetensors``) and fp32 weights (the
+``*.safetensors`` weights), from which a different number of processes re-shards it; a checkpoint
+without that file restarts AdamW from the saved weights, saying so.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from .checkpoints import (
     CHECKPOINTS,
     ROLES,
     latest_checkpoint,
+    load_trainable,
     prune,
     remove_partial,
     save_weights,
@@ -48,11 +58,11 @@ from .checkpoints import (
 )
 from .components import Dataset, Imaginer, Metric, Reader, Trainable
 from .env import environment
-from .errors import ConfigurationError
+from .errors import ConfigurationError, RunFolderError
 from .plugins import Plugins
 from .registry import Entry
 from .runner import EXECUTION_KEYS, Resolved, batches, check_compatible, fingerprint, load_examples, plugin_versions
-from .runs import check_configuration, config_hash, folder_name, read_json, write_json_atomic
+from .runs import check_configuration, config_hash, diff_paths, folder_name, read_json, write_json_atomic
 from .scoring import score_example
 from .types import Context, Example
 
@@ -63,6 +73,8 @@ TRAIN_CONFIG = "train_config.json"
 LOG = "log.jsonl"
 STATE = "state"
 TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_FULL = "optimizer_full.safetensors"  # under DeepSpeed: AdamW moments of every trainable parameter, whole
+MOMENTS = ("exp_avg", "exp_avg_sq")
 _LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -96,7 +108,8 @@ class TrainSpec:
     log_every: int = 10
     seed: int = 0
     mixed_precision: str = "auto"  # bf16 on CUDA, else no
-    deepspeed: Path | None = None  # a DeepSpeed config file (ZeRO-2: configs/deepspeed/zero2.json)
+    deepspeed: Path | None = None  # a DeepSpeed config file (configs/deepspeed/zero2.json, zero3.json)
+    gradient_checkpointing: bool = False  # recompute the transformers models' layers in backward (less memory)
     output: Path | None = None
     train_dir: Path = DEFAULT_TRAIN_DIR
 
@@ -149,7 +162,23 @@ def read_deepspeed_config(path: Path | None) -> dict[str, Any] | None:
                 f"{path}: remove the '{section}' section: iagbench train sets the optimizer (AdamW, --lr, "
                 "--weight-decay) and the schedule (--schedule, --warmup-steps) itself"
             )
+    zero = config.get("zero_optimization") or {}
+    if zero_stage(config) == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise ConfigurationError(
+            f"{path}: ZeRO-3 needs \"stage3_gather_16bit_weights_on_model_save\": true in zero_optimization "
+            "(checkpoints hold the whole trainable weights, gathered from every process)"
+        )
     return config
+
+
+def zero_stage(config: dict[str, Any] | None) -> int:
+    """The ZeRO stage of a DeepSpeed config (0 without one)."""
+    if not config:
+        return 0
+    try:
+        return int((config.get("zero_optimization") or {}).get("stage", 0))
+    except (TypeError, ValueError):
+        raise ConfigurationError("DeepSpeed config: zero_optimization.stage must be 0, 1, 2 or 3") from None
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -277,23 +306,63 @@ def lr_scheduler(optimizer: Any, schedule: str, warmup: int, total: int) -> Any:
 
 
 class _Stream:
-    """The deterministic stream of micro-batches: epochs shuffled by seed, each process its slice."""
+    """The deterministic stream of training examples, in global positions (all processes together).
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, processes: int, rank: int, seed: int):
-        self.examples, self.batch_size, self.processes, self.rank, self.seed = list(examples), batch_size, processes, rank, seed
-        self.per_epoch = len(self.examples) // (batch_size * processes)
+    Epoch ``e`` is every example once, in an order shuffled with ``seed`` and ``e``; epochs follow
+    one another without a gap, so position ``p`` is example ``order(p // n)[p % n]``.
+    """
+
+    def __init__(self, examples: Sequence[Example], seed: int):
+        self.examples, self.seed = list(examples), seed
         self._orders: dict[int, list[int]] = {}
 
-    def position(self, micro_batch: int) -> tuple[int, int]:
-        return divmod(micro_batch, self.per_epoch)
+    def position(self, position: int) -> tuple[int, int]:
+        """(epoch, index in that epoch) of a stream position."""
+        return divmod(position, len(self.examples))
 
-    def batch(self, micro_batch: int) -> list[Example]:
-        epoch, index = self.position(micro_batch)
+    def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
-            self._orders = {epoch: list(range(len(self.examples)))}
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(self._orders[epoch])
-        start = (index * self.processes + self.rank) * self.batch_size
-        return [self.examples[i] for i in self._orders[epoch][start : start + self.batch_size]]
+            if len(self._orders) > 1:  # keep the latest two: a batch spans at most an epoch boundary
+                del self._orders[min(self._orders)]
+            order = list(range(len(self.examples)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def take(self, start: int, count: int) -> list[Example]:
+        """The examples at positions ``start ... start+count-1``."""
+        out = []
+        for position in range(start, start + count):
+            epoch, index = self.position(position)
+            out.append(self.examples[self._order(epoch)[index]])
+        return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one session splits each optimizer step's global batch: processes x micro-batch x accumulation."""
+
+    processes: int
+    rank: int
+    batch_size: int
+    grad_accum: int
+
+    @property
+    def micro(self) -> int:  # examples per micro-batch, all processes
+        return self.batch_size * self.processes
+
+    @property
+    def global_batch(self) -> int:  # examples per optimizer step
+        return self.micro * self.grad_accum
+
+    def batch(self, stream: _Stream, step: int, micro: int) -> list[Example]:
+        """This process's examples of micro-batch ``micro`` of optimizer step ``step`` (from 1)."""
+        start = (step - 1) * self.global_batch + micro * self.micro + self.rank * self.batch_size
+        return stream.take(start, self.batch_size)
+
+    def describe(self) -> dict[str, int]:
+        return {"processes": self.processes, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                "global_batch": self.global_batch}
 
 
 @dataclass
@@ -364,8 +433,12 @@ def _release(accelerator: Any, saved_env: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def _identity(spec: TrainSpec, setup: _Setup, total: int, processes: int) -> dict[str, Any]:
-    """What makes two training runs the same run; hashed into the folder name, checked on resume."""
+def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> dict[str, Any]:
+    """What makes two training runs the same run; hashed into the folder name, checked on resume.
+
+    The batch counts as the global batch (examples per optimizer step), not as its split into
+    processes, micro-batches and accumulation: that is how one session runs it (``execution``).
+    """
     return {
         "dataset": {
             "name": setup.dataset.name,
@@ -381,9 +454,7 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, processes: int) -> dic
         "training": {
             "steps": total,
             "epochs": spec.epochs,
-            "batch_size": spec.batch_size,
-            "grad_accum": spec.grad_accum,
-            "processes": processes,
+            "global_batch": layout.global_batch,
             "lr": spec.lr,
             "weight_decay": spec.weight_decay,
             "warmup_steps": spec.warmup_steps,
@@ -395,8 +466,13 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, processes: int) -> dic
     }
 
 
-def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any]:
-    """The components, built with the seed set, and a ModuleDict of their trainable modules."""
+def _execution(spec: TrainSpec, layout: _Layout) -> dict[str, Any]:
+    """How this session runs the training (may change between sessions of one run)."""
+    return {**layout.describe(), "gradient_checkpointing": spec.gradient_checkpointing}
+
+
+def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[Any]]:
+    """The components, built with the seed set, a ModuleDict of their trainable modules, and the layers to checkpoint."""
     import torch
     from accelerate.utils import set_seed
 
@@ -421,38 +497,77 @@ def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any]:
     parts = torch.nn.ModuleDict(modules)
     if not any(p.requires_grad for p in parts.parameters()):
         raise ConfigurationError(f"nothing to train: the trainable modules of neither {names} have parameters that require grad")
-    return imaginer, reader, parts
+    layers = enable_gradient_checkpointing((imaginer, reader), names) if spec.gradient_checkpointing else []
+    return imaginer, reader, parts, layers
+
+
+def enable_gradient_checkpointing(components: Sequence[Any], names: str = "the components") -> list[Any]:
+    """Turn on activation checkpointing in each component's transformers model (its ``model``).
+
+    Non-reentrant checkpointing (``use_reentrant=False``): it needs no inputs that require grad (the
+    reentrant kind does, hence ``enable_input_require_grads`` for frozen models) and lets gradients
+    reach tensors a layer reads from outside its inputs. Returns the modules that now checkpoint:
+    transformers checkpoints a layer only while it is in training mode, and a frozen model stays in
+    evaluation mode, so the trainer switches these modules' own ``training`` flag (not their
+    children's: dropout stays as the component set it).
+    """
+    layers: list[Any] = []
+    for component in components:
+        model = getattr(component, "model", None)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if callable(enable):  # transformers 5
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            continue
+        layers += [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    if not layers:
+        raise ConfigurationError(
+            f"--gradient-checkpointing: neither {names} has a transformers model (a 'model' attribute that "
+            "supports gradient checkpointing) to checkpoint"
+        )
+    return layers
 
 
 def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default) -> tuple[Path, dict[str, Any]]:
     main = accelerator.is_main_process
-    processes, rank = accelerator.num_processes, accelerator.process_index
-    stream = _Stream(setup.examples, spec.batch_size, processes, rank, spec.seed)
-    if stream.per_epoch == 0:
+    layout = _Layout(accelerator.num_processes, accelerator.process_index, spec.batch_size, spec.grad_accum)
+    n = len(setup.examples)
+    if layout.micro > n:
         raise ConfigurationError(
-            f"{len(setup.examples)} training examples make no batch of {spec.batch_size} x {processes} processes; "
-            "lower --batch-size"
+            f"{n} training examples make no batch of {spec.batch_size} x {layout.processes} processes; lower --batch-size"
         )
-    total = spec.steps or max(1, int((spec.epochs or 1) * stream.per_epoch) // spec.grad_accum)
-    ident = _identity(spec, setup, total, processes)
+    stream = _Stream(setup.examples, spec.seed)
+    total = spec.steps or max(1, int((spec.epochs or 1) * n) // layout.global_batch)
+    ident = _identity(spec, setup, total, layout)
     digest = config_hash(ident)
     name = folder_name(setup.dataset.name, spec.split, setup.imaginer.name, setup.reader.name, digest)
     output = Path(spec.output or spec.train_dir / name)
     checkpoints = output / CHECKPOINTS
     versions = plugin_versions(plugins, Resolved(setup.dataset, setup.imaginer, setup.reader, []))
     if (output / TRAIN_CONFIG).exists():
-        _check_folder(output, ident, versions)
+        _check_folder(output, ident, versions, layout)
         done = latest_checkpoint(checkpoints)
         if done is not None and read_json(done / TRAINER_STATE)["step"] >= total:
             say(f"training already finished: {done} (step {total})")
             return output, _summary(output, done)
 
-    imaginer, reader, parts = _build(spec, setup)
-    if latest_checkpoint(checkpoints) is None:  # a fresh start: components fit what they fit once (into buffers)
+    imaginer, reader, parts, checkpointed = _build(spec, setup)
+    deepspeed = setup.deepspeed_config is not None
+    resume_from = latest_checkpoint(checkpoints)
+    saved = read_json(resume_from / TRAINER_STATE) if resume_from is not None else {}
+    saved_processes = saved.get("processes", layout.processes)
+    reshard = resume_from is not None and deepspeed and saved_processes != layout.processes
+    if resume_from is None:  # a fresh start: components fit what they fit once (into buffers)
         for component in (imaginer, reader):
             prepare = getattr(component, "prepare", None)
             if isinstance(component, Trainable) and callable(prepare):
                 prepare(setup.examples)
+    elif reshard:  # ZeRO's shards fit their number of processes only: start from the whole weights instead
+        for role, component in (("imaginer", imaginer), ("reader", reader)):
+            if _trainable(component) is not None:
+                load_trainable(component, resume_from, role)
     model = _objective(imaginer, reader, parts)
     optimizer = _optimizer(parts, spec.lr, spec.weight_decay)
     scheduler = lr_scheduler(optimizer, spec.schedule, spec.warmup_steps, total)
@@ -464,6 +579,7 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
             "name": name,
             "hash": digest,
             "identity": ident,
+            "execution": _execution(spec, layout),
             "plugins": versions,
             "dataset_source": setup.data.describe(spec.split),
             "eval": {"split": spec.eval_split, "limit": spec.eval_limit, "every": spec.eval_every} if setup.em else None,
@@ -474,22 +590,36 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
         remove_partial(checkpoints)
     accelerator.wait_for_everyone()
 
-    start = 0
-    resume_from = latest_checkpoint(checkpoints)
-    if resume_from is not None:
+    start, restored = saved.get("step", 0), False
+    if resume_from is not None and not reshard:
         accelerator.load_state(str(resume_from / STATE))
-        start = read_json(resume_from / TRAINER_STATE)["step"]
+    elif reshard:
+        restored = _reshard(model, resume_from)
+        _load_scheduler_and_rng(scheduler, resume_from / STATE, layout.rank)
     if main:
         _truncate_log(output / LOG, start)
     if resume_from is not None:
-        say(f"resuming {output} from {resume_from.name} (step {start} of {total})")
+        say(f"resuming {output} from {resume_from.name} (step {start} of {total}) with {layout.processes} process(es)")
+        if saved_processes != layout.processes:
+            change = f"world size changed {saved_processes} -> {layout.processes}"
+            if not deepspeed:
+                say(f"{change}: without DeepSpeed the optimizer state is whole on every process and loads as saved")
+            elif restored:
+                say(f"{change}: DeepSpeed ZeRO-{zero_stage(setup.deepspeed_config)} optimizer state re-sharded from "
+                    f"the checkpoint's whole fp32 weights and AdamW moments ({STATE}/{OPTIMIZER_FULL})")
+            else:
+                say(f"{change}: {resume_from.name} has no whole copy of the optimizer state ({STATE}/{OPTIMIZER_FULL}) "
+                    f"and DeepSpeed's, saved by {saved_processes} process(es), does not load into {layout.processes}: "
+                    "optimizer restarted from the saved weights (AdamW moments reset; the learning-rate schedule "
+                    "continues)")
     else:
-        say(f"training {output}: {total} steps, {len(setup.examples)} examples, {processes} process(es)")
+        say(f"training {output}: {total} steps of {layout.global_batch} examples ({spec.batch_size} x "
+            f"{layout.processes} process(es) x {spec.grad_accum}), {n} examples")
     accelerator.wait_for_everyone()
 
     trainer = _Trainer(
-        spec, accelerator, model, optimizer, scheduler, imaginer, reader, stream, output, total, ident, digest,
-        setup.em, setup.eval_examples,
+        spec, accelerator, model, optimizer, scheduler, imaginer, reader, stream, layout, output, total, ident, digest,
+        setup.em, setup.eval_examples, deepspeed, zero_stage(setup.deepspeed_config), checkpointed,
     )
     if setup.em is not None and start == 0:
         trainer.log({"step": 0, **trainer.evaluate()})
@@ -498,6 +628,98 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
     final = latest_checkpoint(checkpoints)
     assert final is not None
     return output, _summary(output, final)
+
+
+def _gather_zero(engine: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The fp32 weights and AdamW moments of every trainable parameter, whole, from DeepSpeed's shards.
+
+    Collective: every process calls it, and gets the whole tensors (``step``: AdamW's step count).
+    None where DeepSpeed keeps no fp32 shards (ZeRO stage 0 without bf16: the optimizer is ours, whole).
+    """
+    import torch
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    _link_zero_views(engine.optimizer)
+    weights, moments = {}, {}
+    for name, param in engine.module.named_parameters():  # the same order on every process
+        if not param.requires_grad:
+            continue
+        full = safe_get_full_fp32_param(param)
+        if full is None:
+            return None
+        weights[name] = full.detach().float().cpu()
+        for key in MOMENTS:
+            moments[f"{name}.{key}"] = safe_get_full_optimizer_state(param, key).detach().float().cpu()
+    steps = [float(state["step"]) for state in engine.optimizer.optimizer.state.values() if "step" in state]
+    moments["step"] = torch.tensor(max(steps, default=0.0), dtype=torch.float64)
+    return weights, moments
+
+
+def _link_zero_views(zero: Any) -> None:
+    """(Re)link ZeRO-1/2's per-parameter views of AdamW's state, which ``safe_*_full_optimizer_state`` read and write.
+
+    DeepSpeed links them once, after stepping the first parameter group, when the other groups have
+    no state yet (0.19): their views stay empty. Linking again once every group has state fixes that
+    (AdamW updates its state in place, so the views stay valid). ZeRO-3 needs no views.
+    """
+    link = getattr(zero, "_lazy_init_hp_params_optimizer_state", None)
+    if callable(link) and hasattr(zero, "_hp_optimizer_states_linked"):
+        zero._hp_optimizer_states_linked = False
+        link()
+
+
+def _reshard(engine: Any, checkpoint: Path) -> bool:
+    """Load a checkpoint's whole fp32 weights and AdamW moments into this world size's ZeRO shards.
+
+    The module already holds the checkpoint's weights (loaded before ``prepare``); this restores
+    the fp32 master copies (exact under bf16) and the optimizer. False if the checkpoint has no
+    whole moments (nothing is changed then).
+    """
+    import torch
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+    from safetensors.torch import load_file
+
+    file = checkpoint / STATE / OPTIMIZER_FULL
+    if not file.is_file():
+        return False
+    moments = load_file(str(file))
+    step = float(moments.pop("step"))
+    weights = {
+        f"parts.{role}.{key}": value
+        for role in ROLES
+        if (checkpoint / weights_file(role)).is_file()
+        for key, value in load_file(str(checkpoint / weights_file(role))).items()
+    }
+    zero = engine.optimizer  # ZeRO's wrapper; .optimizer is our AdamW over its flat fp32 partitions
+    base = zero.optimizer
+    flats = getattr(zero, "fp32_partitioned_groups_flat", None)  # ZeRO-3
+    if flats is None:  # ZeRO-1/2
+        flats = getattr(zero, "single_partition_of_fp32_groups", None) or [p for g in base.param_groups for p in g["params"]]
+    on_device = base.defaults.get("capturable") or base.defaults.get("fused")
+    for flat in flats:
+        state = base.state[flat]
+        if not state:  # AdamW makes its state at the first step; ZeRO's per-parameter views need it now
+            state["step"] = torch.tensor(step, dtype=torch.float32, device=flat.device if on_device else None)
+            for key in MOMENTS:
+                state[key] = torch.zeros_like(flat, memory_format=torch.preserve_format)
+    _link_zero_views(zero)
+    for name, param in engine.module.named_parameters():
+        if not param.requires_grad:
+            continue
+        safe_set_full_fp32_param(param, weights[name].float())
+        for key in MOMENTS:
+            safe_set_full_optimizer_state(param, moments[f"{name}.{key}"], key)
+    return True
+
+
+def _load_scheduler_and_rng(scheduler: Any, state: Path, rank: int) -> None:
+    """What ``accelerator.load_state`` restores besides model and optimizer: the schedule and this rank's RNG states."""
+    from accelerate.checkpointing import load_accelerator_state, load_custom_state
+
+    load_custom_state(scheduler, str(state), 0)
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):  # as a loaded optimizer would have
+        group["lr"] = lr
+    load_accelerator_state(str(state), [], [], [], [], rank, map_location="cpu")  # RNG only; a new rank has none
 
 
 @dataclass
@@ -512,40 +734,49 @@ class _Trainer:
     imaginer: Imaginer
     reader: Reader
     stream: _Stream
+    layout: _Layout
     output: Path
     total: int
     ident: dict[str, Any]
     digest: str
     em: Metric | None
     eval_examples: list[Example]
+    deepspeed: bool = False
+    zero_stage: int = 0  # DeepSpeed's ZeRO stage
+    checkpointed: list[Any] = field(default_factory=list)  # modules that recompute their activations in backward
     last: dict[str, Any] = field(default_factory=dict)  # the latest logged values, kept in trainer_state.json
 
     @property
     def trainables(self) -> list[Any]:
         return [c for c in (self.imaginer, self.reader) if _trainable(c) is not None]
 
+    def _mode(self, training: bool) -> None:
+        for component in self.trainables:
+            component.train(training)
+        for module in self.checkpointed:
+            module.training = training
+
     def run(self, start: int, progress: bool) -> None:
         import torch
         from tqdm.auto import tqdm
 
-        spec, accelerator = self.spec, self.accelerator
-        for component in self.trainables:
-            component.train(True)
+        spec, accelerator, layout = self.spec, self.accelerator, self.layout
+        self._mode(True)
         examples_since, clock = 0, time.perf_counter()
         with tqdm(total=self.total, initial=start, disable=not progress, desc="steps", unit="step") as bar:
             for step in range(start + 1, self.total + 1):
                 losses = []
                 for micro in range(spec.grad_accum):
-                    batch = self.stream.batch((step - 1) * spec.grad_accum + micro)
+                    batch = layout.batch(self.stream, step, micro)
                     with accelerator.accumulate(self.model):
                         loss = self.model(_Batch(batch))
-                        accelerator.backward(loss)
+                        self._backward(loss)
                         if accelerator.sync_gradients and spec.max_grad_norm:
                             accelerator.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad()
                     losses.append(loss.detach().float())
-                    examples_since += len(batch) * accelerator.num_processes
+                    examples_since += len(batch) * layout.processes
                 if not accelerator.sync_gradients:
                     raise RuntimeError(f"step {step}: gradient accumulation is out of step with accelerate")
                 lr = self.scheduler.get_last_lr()[0]
@@ -554,10 +785,9 @@ class _Trainer:
                 if step % spec.log_every == 0 or step == self.total:
                     loss_value = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
                     elapsed = time.perf_counter() - clock
-                    epoch, index = self.stream.position(step * spec.grad_accum)
                     record.update({
                         "step": step,
-                        "epoch": round(epoch + index / self.stream.per_epoch, 4),
+                        "epoch": round(step * layout.global_batch / len(self.stream.examples), 4),
                         "loss": loss_value,
                         "lr": lr,
                         "examples_per_s": round(examples_since / elapsed, 2) if elapsed > 0 else None,
@@ -572,6 +802,33 @@ class _Trainer:
                     self.save(step)
                 bar.update(1)
 
+    def _backward(self, loss: Any) -> None:
+        from torch.utils.checkpoint import CheckpointError
+
+        try:
+            self.accelerator.backward(loss)
+        except CheckpointError as error:
+            if not self.checkpointed:
+                raise
+            raise ConfigurationError(
+                "--gradient-checkpointing: recomputing the checkpointed layers in backward did not repeat their "
+                f"forward ({str(error).strip().splitlines()[0]}): something changes those layers from outside only "
+                "while the forward runs (e.g. forward hooks active in a context, as per-example adapters are); "
+                "train without --gradient-checkpointing"
+            ) from None
+
+    def _whole_weights(self) -> Any:
+        """Under ZeRO-3 the trainable weights are partitioned and gathered per layer call, a collective that every
+        process must make equally often; generation does not (its rows finish at different steps). So evaluation
+        gathers them whole on every process once, and runs without ZeRO's hooks."""
+        import contextlib
+
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        return unwrap_model_for_generation(self.model)
+
     def evaluate(self) -> dict[str, Any]:
         """em (percent) of the eval examples, each process scoring its share, in eval mode without gradients."""
         import torch
@@ -582,11 +839,10 @@ class _Trainer:
         share = math.ceil(len(examples) / processes)
         mine = examples[rank::processes]
         padded = mine + [examples[0]] * (share - len(mine))  # the same number of batches on every process
-        for component in self.trainables:
-            component.train(False)
+        self._mode(False)
         scores: list[float] = []
         try:
-            with torch.no_grad(), accelerator.autocast():
+            with torch.no_grad(), accelerator.autocast(), self._whole_weights():
                 for batch in batches(padded, self.spec.eval_batch_size or self.spec.batch_size, order="dataset"):
                     contexts = self.imaginer.imagine(batch)
                     answers = self.reader.answer(batch, contexts)
@@ -595,8 +851,7 @@ class _Trainer:
                     for example, context, answer in zip(batch, contexts, answers):
                         scores.append(score_example([self.em], str(answer), example.answers, context.passages).get("em", 0.0))
         finally:
-            for component in self.trainables:
-                component.train(True)
+            self._mode(True)
         gathered = gather_object([scores[: len(mine)]])
         every = [score for part in gathered for score in part]
         return {"eval_em": 100.0 * sum(every) / len(every), "eval_n": len(every)}
@@ -611,7 +866,7 @@ class _Trainer:
 
     def save(self, step: int) -> None:
         """Write checkpoints/step-N as step-N.tmp, rename it when complete, then point ``latest`` at it."""
-        accelerator, checkpoints = self.accelerator, self.output / CHECKPOINTS
+        accelerator, checkpoints, layout = self.accelerator, self.output / CHECKPOINTS, self.layout
         name = step_folder_name(step)
         tmp, final = checkpoints / f"{name}.tmp", checkpoints / name
         if accelerator.is_main_process:
@@ -620,8 +875,13 @@ class _Trainer:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp / STATE))  # every process writes its part (RNG states, ZeRO shards)
         state_dict = accelerator.get_state_dict(self.model)  # on every process: ZeRO-3 gathers the weights
+        # under DeepSpeed: the fp32 weights (not their bf16 copies) and the moments, whole, for any world size
+        whole = _gather_zero(self.model) if self.deepspeed else None
         accelerator.wait_for_everyone()  # all parts written before the folder is renamed
         if accelerator.is_main_process:
+            if whole is not None:
+                state_dict = {**state_dict, **whole[0]}
+                save_weights(whole[1], tmp / STATE / OPTIMIZER_FULL)
             files = {}
             for role in ROLES:
                 prefix = f"parts.{role}."
@@ -629,7 +889,8 @@ class _Trainer:
                 if weights:
                     save_weights(weights, tmp / weights_file(role))
                     files[role] = weights_file(role)
-            epoch, index = self.stream.position(step * self.spec.grad_accum)
+            seen = step * layout.global_batch
+            epoch, index = self.stream.position(seen)
             write_json_atomic(tmp / "config.json", {
                 "step": step,
                 "total_steps": self.total,
@@ -641,10 +902,10 @@ class _Trainer:
             write_json_atomic(tmp / TRAINER_STATE, {
                 "step": step,
                 "epoch": epoch,
-                "micro_batch_in_epoch": index,
-                "micro_batches": step * self.spec.grad_accum,
-                "examples_seen": step * self.spec.grad_accum * self.spec.batch_size * accelerator.num_processes,
-                "processes": accelerator.num_processes,
+                "index_in_epoch": index,
+                "examples_seen": seen,
+                "processes": layout.processes,
+                "execution": _execution(self.spec, layout),
                 "last_log": self.last,
             })
             if final.exists():
@@ -655,8 +916,17 @@ class _Trainer:
         accelerator.wait_for_everyone()
 
 
-def _check_folder(output: Path, ident: dict[str, Any], versions: dict[str, Any]) -> None:
-    check_configuration(output / TRAIN_CONFIG, read_json(output / TRAIN_CONFIG), ident, versions, "training configuration")
+def _check_folder(output: Path, ident: dict[str, Any], versions: dict[str, Any], layout: _Layout) -> None:
+    previous = read_json(output / TRAIN_CONFIG)
+    recorded = (previous.get("identity") or {}).get("training", {}).get("global_batch")
+    if diff_paths(previous.get("identity"), ident) == ["training.global_batch"] and recorded is not None:
+        raise RunFolderError(
+            f"{output}: trained with a global batch of {recorded} examples per step, this command gives "
+            f"{layout.global_batch} (--batch-size {layout.batch_size} x {layout.processes} process(es) x --grad-accum "
+            f"{layout.grad_accum}); to resume with {layout.processes} process(es) choose --batch-size and --grad-accum "
+            f"whose product is {recorded / layout.processes:g}, or choose another --output"
+        )
+    check_configuration(output / TRAIN_CONFIG, previous, ident, versions, "training configuration")
 
 
 def _start_folder(output: Path, config: dict[str, Any]) -> None:

@@ -51,7 +51,13 @@ def add_train_parser(parser: argparse.ArgumentParser, commands: Any) -> argparse
     train.add_argument("--log-every", type=int, default=10, metavar="N", help="log.jsonl line every N steps (default: 10)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"), help="auto: bf16 on CUDA, else no")
-    train.add_argument("--deepspeed", type=Path, metavar="CONFIG.json", help="DeepSpeed config, e.g. configs/deepspeed/zero2.json")
+    train.add_argument(
+        "--deepspeed", type=Path, metavar="CONFIG.json", help="DeepSpeed config: configs/deepspeed/zero2.json or zero3.json"
+    )
+    train.add_argument(
+        "--gradient-checkpointing", action="store_true",
+        help="recompute the transformers models' layer activations in backward (less memory, same results)",
+    )
     train.add_argument("--output", type=Path, help="output folder (default: trained/<components>__<config hash>)")
     train.add_argument(
         "--train-dir", type=Path, default=Path(os.environ.get(TRAIN_DIR_ENV, "trained")), help="where default output folders go"
@@ -86,6 +92,7 @@ def command_train(args: argparse.Namespace, plugins: Plugins, non_default: dict[
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         deepspeed=args.deepspeed,
+        gradient_checkpointing=args.gradient_checkpointing,
         output=args.output,
         train_dir=args.train_dir,
     )

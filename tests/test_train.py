@@ -267,8 +267,11 @@ def test_deepspeed_zero2_two_cpu_processes_train_resume_and_a_run_loads_it(tmp_p
     assert second.returncode == 0, failure_excerpt(out)
     assert "from step-000003 (step 3 of 6)" in out
 
-    identity = json.loads((output / "train_config.json").read_text())["identity"]["training"]
-    assert identity["processes"] == 2 and identity["deepspeed"]["zero_optimization"]["stage"] == 2
+    config = json.loads((output / "train_config.json").read_text())
+    assert config["identity"]["training"]["deepspeed"]["zero_optimization"]["stage"] == 2
+    assert config["identity"]["training"]["global_batch"] == EXAMPLES_PER_MICRO * ACCUM
+    assert config["execution"] == {"processes": 2, "batch_size": EXAMPLES_PER_MICRO // 2, "grad_accum": ACCUM,
+                                   "global_batch": EXAMPLES_PER_MICRO * ACCUM, "gradient_checkpointing": False}
     state = output / "checkpoints" / "step-000006" / "state"
     shards = sorted(p.name for p in state.rglob("*optim_states.pt"))
     assert len(shards) == 2 and any("rank_1" in name for name in shards), shards  # partitioned optimizer state
@@ -297,7 +300,7 @@ def test_torchrun_two_cpu_processes_average_gradients_like_one_process(tmp_path,
     assert result.returncode == 0, failure_excerpt(result.stderr)
     assert result.stdout.count('"output":') == 1  # one summary: from the main process only
     assert json.loads(result.stdout[result.stdout.index("{\n"):])["step"] == STEPS
-    assert json.loads((output / "train_config.json").read_text())["identity"]["training"]["processes"] == 2
+    assert json.loads((output / "train_config.json").read_text())["execution"]["processes"] == 2
     assert [r["loss"] for r in read_log(output)[1:]] == pytest.approx([r["loss"] for r in read_log(reference)[1:]], rel=1e-5)
     assert_same_weights(output, reference, atol=1e-5)
 
