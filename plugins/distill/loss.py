@@ -1,0 +1,197 @@
+"""Long-context distillation losses (ImcQA, Liao et al. 2024, section "long context distillation").
+
+The teacher is a reader that sees the long context (a FiD reader over many retrieved passages);
+the student sees a short one (the question with an imagined document and/or a HyperLoRA adapter).
+Both score the same answer tokens with teacher forcing, so their logits line up position by position:
+
+    targets = student.training_targets(examples)                     # one gold answer per example
+    with torch.no_grad():
+        teacher_logits, mask = teacher.answer_logits(examples, long_contexts, targets)
+    student_logits, _ = student.answer_logits(examples, short_contexts, targets)
+    labels, _ = student.target_ids(targets)
+    loss = distillation_loss(student_logits, teacher_logits, labels, mask,
+                             alpha=0.5, temperature=temperature_at(step, t0=2.0)).total
+
+(``FiDReader.answer_logits(examples, contexts, targets) -> (logits, target_mask)``: logits
+(examples, target tokens, vocabulary), mask True on real target tokens, end token included. Teacher
+and student must share the tokenizer, as all T5 sizes do.)
+
+Choices, documented because the reference code is not available offline:
+
+- ``kd_loss`` is KL(teacher || student) between the temperature-softened distributions, multiplied by
+  T^2 (Hinton et al. 2015: keeps the soft-target gradients' scale independent of T, so ``alpha``
+  means the same at every temperature). Whether ImcQA's code multiplies by T^2 we could not check;
+  ``t_squared=False`` leaves it out.
+- Every loss is a mean over the real target positions only (``target_mask``). Padding positions
+  never count, whatever their values (the reference implementation is reported to average padding
+  positions in, which makes the loss depend on the batch's longest answer; we do not copy that).
+- The temperature decays with the step: ``temperature_at(step, t0) = t0 / (1 + ln(1 + step // 500))``.
+- The alignment losses compare decoder states over the same target positions: hidden states by
+  cosine distance, attention maps (decoder self-attention; cross-attention maps are over contexts
+  of different lengths and are not comparable) by squared error. ``answer_logits`` does not return
+  them yet: a caller needs the model's ``output_hidden_states`` / ``output_attentions``.
+
+All functions compute in float32 (whatever the logits' dtype) and detach the teacher's inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+TEMPERATURE_EVERY = 500  # steps per temperature decrement (temperature_at)
+
+
+def temperature_at(step: int, t0: float) -> float:
+    """The distillation temperature at optimizer step ``step``: ``t0 / (1 + ln(1 + step // 500))``."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step={step!r}: expected a non-negative integer")
+    if not t0 > 0:
+        raise ValueError(f"t0={t0!r}: expected a positive temperature")
+    return t0 / (1.0 + math.log(1 + step // TEMPERATURE_EVERY))
+
+
+def _mask_of(target_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    mask = target_mask.bool()
+    if mask.shape != shape:
+        raise ValueError(f"target mask of shape {tuple(mask.shape)}, expected (examples, positions) {tuple(shape)}")
+    if not bool(mask.any()):
+        raise ValueError("no target positions in the mask")
+    return mask
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target_mask: torch.Tensor,
+    temperature: float,
+    *,
+    t_squared: bool = True,
+) -> torch.Tensor:
+    """KL(teacher || student) of the softmaxes at ``temperature``, times T^2, averaged over target positions.
+
+    Logits are (examples, positions, vocabulary); ``target_mask`` (examples, positions) is True on
+    real target tokens. Per position: sum_v p_t(v) (log p_t(v) - log p_s(v)), p = softmax(logits / T).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r}: expected a positive number")
+    mask = _mask_of(target_mask, student_logits.shape[:-1])
+    student = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)  # (positions, vocabulary)
+    teacher = F.log_softmax(teacher_logits.detach()[mask].float() / temperature, dim=-1)
+    p_teacher = teacher.exp()
+    # 0 * log 0 = 0: a token the teacher rules out (a -inf logit) adds nothing.
+    per_position = torch.where(p_teacher > 0, p_teacher * (teacher - student), torch.zeros_like(student)).sum(-1)
+    loss = per_position.mean()
+    return loss * temperature**2 if t_squared else loss
+
+
+def cross_entropy_loss(student_logits: torch.Tensor, labels: torch.Tensor, target_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Token cross-entropy of the gold target at T = 1, averaged over target positions (FiD's answer loss).
+
+    ``labels`` (examples, positions) are token ids; positions outside ``target_mask`` (default:
+    labels != -100) are ignored, whatever their ids.
+    """
+    mask = _mask_of(labels != IGNORE_INDEX if target_mask is None else target_mask, student_logits.shape[:-1])
+    return F.cross_entropy(student_logits[mask].float(), labels[mask].long())
+
+
+def _layers(states: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [states] if isinstance(states, torch.Tensor) else list(states)
+
+
+def hidden_cosine_loss(
+    student_hidden: torch.Tensor | Sequence[torch.Tensor],
+    teacher_hidden: torch.Tensor | Sequence[torch.Tensor],
+    target_mask: torch.Tensor,
+) -> torch.Tensor:
+    """1 - cosine similarity of student and teacher states (examples, positions, d), averaged over
+    target positions, then over layers when given one tensor per layer."""
+    students, teachers = _layers(student_hidden), _layers(teacher_hidden)
+    if len(students) != len(teachers) or not students:
+        raise ValueError(f"{len(students)} student and {len(teachers)} teacher hidden-state layers")
+    losses = []
+    for student, teacher in zip(students, teachers):
+        if student.shape != teacher.shape:
+            raise ValueError(f"student hidden states {tuple(student.shape)} and teacher's {tuple(teacher.shape)} differ in shape")
+        mask = _mask_of(target_mask, student.shape[:-1])
+        cosine = F.cosine_similarity(student[mask].float(), teacher.detach()[mask].float(), dim=-1)
+        losses.append((1.0 - cosine).mean())
+    return torch.stack(losses).mean()
+
+
+def attention_mse_loss(
+    student_attentions: torch.Tensor | Sequence[torch.Tensor],
+    teacher_attentions: torch.Tensor | Sequence[torch.Tensor],
+    query_mask: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared difference of attention maps (examples, heads, queries, keys) over the entries whose
+    query and key are both real (``key_mask`` defaults to ``query_mask``: decoder self-attention),
+    averaged over layers when given one tensor per layer."""
+    students, teachers = _layers(student_attentions), _layers(teacher_attentions)
+    if len(students) != len(teachers) or not students:
+        raise ValueError(f"{len(students)} student and {len(teachers)} teacher attention layers")
+    keys = query_mask if key_mask is None else key_mask
+    losses = []
+    for student, teacher in zip(students, teachers):
+        if student.shape != teacher.shape or student.dim() != 4:
+            raise ValueError(f"attention maps {tuple(student.shape)} and {tuple(teacher.shape)}: expected equal (examples, heads, queries, keys)")
+        queries = _mask_of(query_mask, torch.Size((student.shape[0], student.shape[2])))
+        real_keys = _mask_of(keys, torch.Size((student.shape[0], student.shape[3])))
+        entries = (queries[:, None, :, None] & real_keys[:, None, None, :]).expand_as(student)
+        losses.append(F.mse_loss(student[entries].float(), teacher.detach()[entries].float()))
+    return torch.stack(losses).mean()
+
+
+class DistillationLoss(NamedTuple):
+    """The total training loss and its parts (for logging); ``hidden``/``attention`` are None when not used."""
+
+    total: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor
+    hidden: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    target_mask: torch.Tensor | None = None,
+    *,
+    alpha: float,
+    temperature: float,
+    t_squared: bool = True,
+    hidden: tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]] | None = None,
+    hidden_weight: float = 0.0,
+    attention: tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]] | None = None,
+    attention_weight: float = 0.0,
+) -> DistillationLoss:
+    """``alpha * kd_loss + (1 - alpha) * cross_entropy_loss`` (+ weighted alignment losses).
+
+    ``labels`` are the target token ids (examples, positions); ``target_mask`` marks real target
+    tokens (default: labels != -100). ``hidden=(student, teacher)`` adds ``hidden_weight`` times
+    ``hidden_cosine_loss``; ``attention=(student, teacher)`` adds ``attention_weight`` times
+    ``attention_mse_loss`` (over the target mask for queries and keys).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r}: expected a weight between 0 and 1")
+    mask = labels != IGNORE_INDEX if target_mask is None else target_mask
+    kd = kd_loss(student_logits, teacher_logits, mask, temperature, t_squared=t_squared)
+    ce = cross_entropy_loss(student_logits, labels, mask)
+    total = alpha * kd + (1.0 - alpha) * ce
+    hidden_loss = attention_loss = None
+    if hidden is not None:
+        hidden_loss = hidden_cosine_loss(hidden[0], hidden[1], mask)
+        total = total + hidden_weight * hidden_loss
+    if attention is not None:
+        attention_loss = attention_mse_loss(attention[0], attention[1], mask)
+        total = total + attention_weight * attention_loss
+    return DistillationLoss(total, kd, ce, hidden_loss, attention_loss)
