@@ -305,3 +305,45 @@ def test_training_lowers_the_loss_and_checkpoint_loads_for_runs(tmp_path, plugin
     assert code == 0, err
     by_id = {json.loads(line)["id"]: json.loads(line)["raw"] for line in (run_dir / "predictions.jsonl").read_text().splitlines()}
     assert [by_id[e.id] for e in examples] == predictions
+
+
+def test_peft_lora_trains_only_q_v_lora_weights_and_its_checkpoint_reloads(tmp_path, plugins):
+    output = tmp_path / "lora"
+    reader_args = {"train_answer": "first", "max_new_tokens": 4, "lora_rank": 4}
+    reader = FiDReader(model="fid-tiny", **reader_args)
+    weights = reader.trainable_module()
+    names = list(weights.keys())
+    layers = reader.model.config.num_layers + 2 * reader.model.config.num_decoder_layers  # enc self, dec self, dec cross
+    assert len(names) == 2 * layers and all(name.endswith(("__q", "__v")) for name in names), names
+    assert any("EncDecAttention" in name for name in names) and reader.describe()["train"] == "lora"
+    assert not any(p.requires_grad for name, p in reader.model.named_parameters() if "lora_" not in name)
+    with pytest.raises(ConfigurationError, match="train=full with lora_rank=4"):
+        FiDReader(model="fid-tiny", lora_rank=4, train="full")
+    with pytest.raises(ConfigurationError, match="train=lora with lora_rank=0"):
+        FiDReader(model="fid-tiny", train="lora")
+
+    train(
+        TrainSpec(dataset="sample", imaginer="given", reader="fid-tiny", reader_args=reader_args, limit=4, steps=8,
+                  batch_size=4, lr=1e-1, schedule="constant", log_every=1, save_every=8, output=output),
+        plugins, progress=False, log=lambda message: None,
+    )  # fmt: skip
+    losses = [r["loss"] for r in read_log(output)]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.5, losses
+    from safetensors.torch import load_file
+
+    saved = load_file(str(output / "checkpoints" / "step-000008" / "reader.safetensors"))
+    assert saved and all(key.endswith((".A.default.weight", ".B.default.weight")) for key in saved)  # the LoRA only
+
+    examples = Sample().load("train")[:4]
+    contexts = [Context(e.ctxs) for e in examples]
+    untrained = FiDReader(model="fid-tiny", **reader_args)
+    trained = FiDReader(model="fid-tiny", checkpoint=str(output), **reader_args)
+    frozen = FiDReader(model="fid-tiny", checkpoint=str(output), train="none", **reader_args)
+    assert frozen.trainable_module() is None
+    for r in (untrained, trained):
+        r.train(False)
+    with torch.no_grad():
+        assert trained.loss(examples, contexts) < untrained.loss(examples, contexts)
+    predictions = [a.raw for a in trained.answer(examples, contexts)]
+    assert predictions == [a.raw for a in frozen.answer(examples, contexts)]
+    assert predictions != [a.raw for a in untrained.answer(examples, contexts)]

@@ -285,16 +285,24 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
-def add_peft_lora(reader: CausalLMReader, rank: int) -> Any:
-    """Wrap the reader's model with a trainable peft LoRA on the Llama projections; return its LoRA weights."""
+def peft_targets(model: Any) -> list[str]:
+    """The peft LoRA baseline's default target modules, by architecture: the seven Llama projections, or
+    T5's ``q`` and ``v`` in every attention block (encoder and decoder self-attention, cross-attention)."""
+    from iagbench_plugins.hyperlora.adapters import LLAMA_TARGETS, architecture_of
+
+    return ["q", "v"] if architecture_of(model).name == "t5" else list(LLAMA_TARGETS)
+
+
+def add_peft_lora(reader: Any, rank: int, targets: Sequence[str] | None = None) -> Any:
+    """Wrap ``reader.model`` with a trainable peft LoRA (targets: ``peft_targets`` of its architecture);
+    return its LoRA weights (what trains and what a checkpoint holds)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from iagbench_plugins.hyperlora.adapters import LLAMA_TARGETS
-
-    if not isinstance(rank, int) or rank < 1:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ConfigurationError(f"reader option lora_rank={rank!r}: expected a positive integer")
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(LLAMA_TARGETS))
+    modules = list(targets) if targets else peft_targets(reader.model)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules)
     reader.model = get_peft_model(reader.model, config)
     weights = torch.nn.ModuleDict()
     for name, module in reader.model.named_modules():

@@ -19,8 +19,9 @@ cross-attention keys and values computed once) that drops each row as soon as it
 costs what its longest answer costs for that row only; ``num_beams > 1`` uses transformers'
 ``generate`` beam search over the same encoder outputs. Greedy outputs equal ``generate``'s (tested).
 
-Training. ``trainable_module()`` is the whole T5 (``train=full``, FiD's fine-tuning) or nothing
-(``train=none``: a frozen reader, e.g. for training an imaginer through it); ``loss`` is the token
+Training. ``trainable_module()`` is the whole T5 (``train=full``, FiD's fine-tuning), a peft LoRA
+(``lora_rank=R``, ``train=lora``: the LoRA baseline, on ``q`` and ``v`` of every attention block,
+the T5 frozen) or nothing (``train=none``: a frozen reader, e.g. for training an imaginer through it); ``loss`` is the token
 cross-entropy of one gold answer, as FiD (``random.choice`` of the answers, Python's RNG, which
 `iagbench train` seeds and checkpoints; ``train_answer=first`` for the first), and
 ``answer_logits`` gives the decoder logits over given answer tokens (teacher forcing), for
@@ -50,7 +51,7 @@ from .causal_lm import pick_device, pick_dtype
 from .decoding import cache_keyword
 from .t5_models import load_t5, resolve_t5
 
-TRAIN_MODES = ("full", "none")
+TRAIN_MODES = ("full", "lora", "none")
 TRAIN_ANSWERS = ("random", "first")
 
 
@@ -108,7 +109,8 @@ class FiDReader(Reader, Trainable):
         dtype: str = "auto",
         device: str = "auto",
         encoder_batch_size: int | None = None,
-        train: str = "full",
+        train: str | None = None,
+        lora_rank: int = 0,
         train_answer: str = "random",
         gradient_checkpointing: bool = False,
         tokenizer: str | None = None,
@@ -121,8 +123,16 @@ class FiDReader(Reader, Trainable):
             raise ConfigurationError(f"reader option text_maxlength={text_maxlength}: needs room for a token and the end token")
         if encoder_batch_size is not None:
             _check_positive("encoder_batch_size", encoder_batch_size)
+        if lora_rank:
+            _check_positive("lora_rank", lora_rank)
+        train = train if train is not None else "lora" if lora_rank else "full"
         if train not in TRAIN_MODES:
             raise ConfigurationError(f"reader option train={train!r}: expected one of {', '.join(TRAIN_MODES)}")
+        if (train == "lora") != bool(lora_rank) and train != "none":
+            raise ConfigurationError(
+                f"reader option train={train} with lora_rank={lora_rank}: lora_rank=R trains the LoRA only (train=lora, "
+                "or train=none to keep it frozen); train=full fine-tunes the whole T5 (no lora_rank)"
+            )
         if train_answer not in TRAIN_ANSWERS:
             raise ConfigurationError(f"reader option train_answer={train_answer!r}: expected one of {', '.join(TRAIN_ANSWERS)}")
         self.format = FID_FORMAT
@@ -144,6 +154,14 @@ class FiDReader(Reader, Trainable):
         if self.eos_id is None or self.start_id is None or self.pad_id is None:
             raise ConfigurationError(f"model '{model}': its tokenizer/config lacks an end, pad or decoder start token")
         self.model.requires_grad_(train == "full")
+        self.lora_rank = lora_rank
+        self._peft: Any = None
+        if lora_rank:  # the LoRA baseline: peft LoRA on q and v of every attention block; the T5 stays frozen
+            from .causal_lm import add_peft_lora
+
+            self._peft = add_peft_lora(self, lora_rank)
+            self.model = self.model.get_base_model()  # the T5 itself, its LoRA layers in place
+            self._peft.requires_grad_(train == "lora")
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing:  # FiD's --use_checkpoint (activation checkpointing while training)
             enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
@@ -154,7 +172,8 @@ class FiDReader(Reader, Trainable):
         if checkpoint:
             from iagbench.checkpoints import load_trainable
 
-            # The checkpoint holds the whole T5 (trained with train=full); it loads whatever train= is now.
+            # The checkpoint holds the whole T5 (trained with train=full) or, with lora_rank, the LoRA weights;
+            # it loads whatever train= is now.
             self.checkpoint = str(load_trainable(_WholeModel(self), checkpoint, "reader"))
 
     # ---- Reader ----
@@ -171,6 +190,7 @@ class FiDReader(Reader, Trainable):
             "device": self.device,
             "encoder_batch_size": self.encoder_batch_size,
             "train": self.train_mode,
+            "lora_rank": self.lora_rank,
             "train_answer": self.train_answer,
             "gradient_checkpointing": self.gradient_checkpointing,
             "checkpoint": self.checkpoint,
@@ -292,10 +312,10 @@ class FiDReader(Reader, Trainable):
     # ---- training ----
 
     def trainable_module(self) -> Any:
-        return self.model if self.train_mode == "full" else None
+        return {"full": self.model, "lora": self._peft}.get(self.train_mode)
 
     def train(self, mode: bool = True) -> None:
-        if self.train_mode == "full":
+        if self.train_mode in ("full", "lora"):
             self.model.train(mode)
 
     def target_ids(self, targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
@@ -362,13 +382,13 @@ class FiDReader(Reader, Trainable):
 
 
 class _WholeModel:
-    """What ``load_trainable`` loads a checkpoint into: the whole T5, whatever ``train=`` says now."""
+    """What ``load_trainable`` loads a checkpoint into: the whole T5 (or its peft LoRA weights), whatever ``train=`` says now."""
 
     def __init__(self, reader: FiDReader):
         self.reader = reader
 
     def trainable_module(self) -> Any:
-        return self.reader.model
+        return self.reader._peft if self.reader._peft is not None else self.reader.model
 
 
 _WholeModel.__name__ = _WholeModel.__qualname__ = "FiDReader"  # error messages name the reader
