@@ -233,3 +233,22 @@ def test_imagine_trains_with_a_reader_that_has_no_loss(echo_plugins, tmp_path):
                                  imaginer_args={"model": "tiny-llama", "pairs": str(pairs)}, output=tmp_path / "out"),
                        echo_plugins, progress=False, log=lambda message: None)
     assert summary["step"] == 1 and summary["loss"] > 0
+
+
+def test_imagine_n_returns_the_k_best_beams_deterministically_and_train_false_freezes_it(tmp_path):
+    imaginer = ImagineImaginer("tiny-llama", n=3, max_new_tokens=6)
+    contexts = imaginer.imagine(QUESTIONS)
+    assert contexts == imaginer.imagine(QUESTIONS)  # deterministic
+    for context in contexts:
+        texts = [p.text for p in context.passages]
+        assert len(texts) == 3 and len(set(texts)) == 3, texts  # three different documents
+        assert all(p.title == "imagined" for p in context.passages)
+    assert [imaginer.imagine([example])[0] for example in QUESTIONS] == contexts  # alone or batched (left padding)
+    described = imaginer.describe()
+    assert described["n"] == 3 and described["decoding"].startswith("beam search (num_beams=3")
+    with pytest.raises(ConfigurationError, match="imagine option n=0"):
+        ImagineImaginer("tiny-llama", n=0)
+
+    frozen = ImagineImaginer("tiny-llama", train=False)
+    assert frozen.trainable_module() is None and not any(p.requires_grad for p in frozen.lm.model.parameters())
+    assert frozen.describe()["train"] is False

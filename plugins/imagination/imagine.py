@@ -53,7 +53,9 @@ class ImagineImaginer(Imaginer, Trainable):
 
     ``lora_rank=0`` fine-tunes every weight (the model is the trainable module, kept in fp32 so that
     mixed precision has fp32 master weights); ``lora_rank=R`` trains a peft LoRA as the causal-lm
-    reader's option does. ``checkpoint=DIR`` loads trained weights.
+    reader's option does. ``checkpoint=DIR`` loads trained weights. ``n=K`` returns K imagined documents per
+    question: the K best sequences of a beam search with K beams (deterministic), best first. ``train=false``
+    freezes it (nothing to train: e.g. the explicit part of ``imagine+hyperlora`` while the hypernetwork trains).
     """
 
     provides = frozenset({"passages"})
@@ -64,6 +66,8 @@ class ImagineImaginer(Imaginer, Trainable):
         *,
         pairs: str | None = None,
         lora_rank: int = 0,
+        n: int = 1,
+        train: bool = True,
         max_new_tokens: int = 64,
         max_target_tokens: int = 128,
         dtype: str = "auto",
@@ -75,15 +79,19 @@ class ImagineImaginer(Imaginer, Trainable):
         self.max_target_tokens = check_positive(max_target_tokens, "max_target_tokens", "imagine")
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
             raise ConfigurationError(f"imagine option lora_rank={lora_rank!r}: expected 0 (full fine-tune) or a positive integer")
-        self.lora_rank = lora_rank
-        self.lm = CausalLM(model, dtype="fp32" if dtype == "auto" and not lora_rank else dtype, device=device, seed=seed)
+        self.n = check_positive(n, "n", "imagine")
+        if not isinstance(train, bool):
+            raise ConfigurationError(f"imagine option train={train!r}: expected true or false")
+        self.lora_rank, self.trains = lora_rank, train
+        full = dtype == "auto" and not lora_rank and train  # fp32 master weights for full fine-tuning
+        self.lm = CausalLM(model, dtype="fp32" if full else dtype, device=device, seed=seed)
         if lora_rank:
             from iagbench_plugins.readers.causal_lm import add_peft_lora
 
             self.lm.model.requires_grad_(False)
             self.module = add_peft_lora(self.lm, lora_rank)  # wraps self.lm.model; returns the LoRA weights
         else:
-            self.lm.model.requires_grad_(True)
+            self.lm.model.requires_grad_(train)
             self.module = self.lm.model
         self.pairs_path = str(Path(pairs).expanduser()) if pairs else None
         self.pairs = read_pairs(pairs) if pairs else None
@@ -91,7 +99,9 @@ class ImagineImaginer(Imaginer, Trainable):
         if checkpoint:
             from iagbench.checkpoints import load_trainable
 
-            self.checkpoint = str(load_trainable(self, checkpoint, "imaginer"))
+            self.checkpoint = str(load_trainable(_Weights(self.module), checkpoint, "imaginer"))
+        if not train:  # frozen: e.g. the explicit part of imagine+hyperlora while the hypernetwork trains
+            self.module.requires_grad_(False)
         self.module.eval()
         self.lm.model.eval()
 
@@ -100,8 +110,8 @@ class ImagineImaginer(Imaginer, Trainable):
         """The transformers model (what `iagbench train --gradient-checkpointing` looks for)."""
         return self.lm.model
 
-    def trainable_module(self) -> torch.nn.Module:
-        return self.module
+    def trainable_module(self) -> torch.nn.Module | None:
+        return self.module if self.trains else None
 
     def train(self, mode: bool = True) -> None:
         self.lm.model.train(mode)
@@ -112,8 +122,12 @@ class ImagineImaginer(Imaginer, Trainable):
     def imagine(self, examples: Sequence[Example]) -> list[Context]:
         if not examples:
             return []
-        texts = self.lm.generate([self.prompt_ids(e.question) for e in examples], self.max_new_tokens)
-        return [Context(passages=(Passage(text, title="imagined"),)) for text in texts]
+        prompts = [self.prompt_ids(e.question) for e in examples]
+        if self.n == 1:
+            texts = self.lm.generate(prompts, self.max_new_tokens)
+            return [Context(passages=(Passage(text, title="imagined"),)) for text in texts]
+        beams = self.lm.beam_generate(prompts, self.max_new_tokens, self.n)
+        return [Context(passages=tuple(Passage(text, title="imagined") for text in texts)) for texts in beams]
 
     def targets(self, examples: Sequence[Example]) -> list[str]:
         """Each example's compressed context from the pairs file (by id; the question must match)."""
@@ -163,10 +177,25 @@ class ImagineImaginer(Imaginer, Trainable):
             "prompt": {"version": PROMPT_VERSION, "text": PROMPT},
             "lora_rank": self.lora_rank,
             "max_new_tokens": self.max_new_tokens,
-            "decoding": "greedy",
+            "n": self.n,
+            "decoding": "greedy" if self.n == 1 else f"beam search (num_beams={self.n}, the {self.n} best returned)",
+            "train": self.trains,
             "dtype": str(self.lm.dtype).removeprefix("torch."),
             "device": self.lm.device,
             "pairs": {"path": self.pairs_path, "sha256": file_sha256(self.pairs_path), "n": len(self.pairs or {})}
             if self.pairs_path else None,
             "checkpoint": self.checkpoint,
         }
+
+
+class _Weights:
+    """What ``load_trainable`` loads a checkpoint into: the trained weights, frozen (``train=false``) or not."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.module
+
+
+_Weights.__name__ = _Weights.__qualname__ = "ImagineImaginer"  # error messages name the imaginer

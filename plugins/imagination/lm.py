@@ -64,6 +64,22 @@ class CausalLM:
             new_tokens = greedy_decode(self.base_model, input_ids, mask, max_new_tokens=max_new_tokens, end_ids=self.end_ids)
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
+    def beam_generate(self, prompts: Sequence[list[int]], max_new_tokens: int, n: int) -> list[list[str]]:
+        """Per prompt, the ``n`` best continuations of a beam search with ``n`` beams (deterministic: no sampling),
+        best first; each ends at an end token or after ``max_new_tokens``."""
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompts], device=self.device)
+        with torch.inference_mode():
+            sequences = self.base_model.generate(
+                input_ids=input_ids, attention_mask=mask, num_beams=n, num_return_sequences=n, do_sample=False,
+                max_new_tokens=max_new_tokens, eos_token_id=sorted(self.end_ids), pad_token_id=pad,
+                early_stopping=True, length_penalty=1.0,
+            )
+        texts = [t.strip() for t in self.tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)]
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
     def continuation_logprob(self, conditions: Sequence[str], continuation: str, *, max_condition_tokens: int = 512,
                              batch_size: int = 32) -> list[float]:
         """Per condition, the mean log-probability of the continuation's tokens after it.
