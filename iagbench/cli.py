@@ -15,6 +15,7 @@ from .batching import AUTO
 from .compress_commands import add_compress_parser, command_compress
 from .errors import ConfigurationError, IagbenchError
 from .options import parse_options
+from .recipes import add_recipe_arguments
 from .plugins import Plugins, default_plugins
 from .registry import KINDS
 from .train_commands import add_train_parser, command_train
@@ -47,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-timeout", type=float, default=1800.0, metavar="SECONDS",
         help="under torchrun and the like: how long a process waits for the others' files without progress (default: 1800)",
     )  # fmt: skip
+    add_recipe_arguments(run)
 
     listing = commands.add_parser("list", help="list registered components (never imports torch)")
     listing.add_argument("kind", nargs="?", choices=KINDS, help="one kind only")
 
     commands.add_parser("plugins", help="installed plugins, versions and hooks, as JSON")
+    commands.add_parser("recipes", help="the named recipes (rows of the paper's table) for run/train --recipe")
 
     score = commands.add_parser("score", help="score a JSON-lines file or a run folder; print the metrics as JSON")
     score.add_argument("path", type=Path, help="lines with 'prediction' and 'answers' (and optional 'ctxs'), or a run folder")
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--split", action="append", help="split(s) to summarise (default: all)")
     _data_arguments(stats)
 
-    add_train_parser(parser, commands)
+    add_recipe_arguments(add_train_parser(parser, commands))
     add_compress_parser(commands)
     return parser
 
@@ -200,6 +203,14 @@ def command_list(args: argparse.Namespace, plugins: Plugins) -> int:
         for entry in plugins[kind]:
             aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
             print(f"  {entry.name:<16} {entry.description}{aliases}  [{entry.plugin}]")
+    return 0
+
+
+def command_recipes() -> int:
+    from .recipes import listing
+
+    for name, row, description in listing():
+        print(f"{name:<16} {row}: {description}")
     return 0
 
 
@@ -307,9 +318,20 @@ def _log(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .recipes import expand
+
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        argv, recipe = expand(parser, list(sys.argv[1:] if argv is None else argv))
+    except IagbenchError as error:
+        print(f"iagbench: error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if recipe:  # recorded with the run or training (non_default_options.recipe)
+        args.recipe = recipe
+    try:
+        if args.command == "recipes":
+            return command_recipes()
         if args.command == "report":
             return command_report(args)
         if args.command == "compare":
