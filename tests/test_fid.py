@@ -227,7 +227,7 @@ def test_model_folders_plain_and_fid_checkpoint_load_the_same_model(reader, tmp_
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"train": "lora"}, "train='lora'"),
+        ({"train": "partial"}, "train='partial'"),
         ({"train_answer": "all"}, "train_answer='all'"),
         ({"text_maxlength": 0}, "text_maxlength=0"),
         ({"max_new_tokens": True}, "max_new_tokens=True"),
