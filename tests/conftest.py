@@ -81,6 +81,17 @@ def isolated_environment(tmp_path_factory):
     default_plugins.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny models train far faster on one thread than on two that other jobs share."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real ../shared/data folder (or $IAGBENCH_DATA)."""

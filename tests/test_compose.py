@@ -61,15 +61,7 @@ class Plugin:
         register("passages-only", PassagesOnly)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """tiny-llama trains faster on one thread than on two the other tests also use."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

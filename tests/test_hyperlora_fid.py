@@ -15,13 +15,7 @@ from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer, model_shapes
 from iagbench_plugins.readers.fid import FiDReader
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train much faster on one thread than on two shared with other tests (as test_compose)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MAX_NEW = 6
 MAXLEN = 96

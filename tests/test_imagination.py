@@ -26,12 +26,7 @@ QUESTIONS = [Example("a", "who wrote the iliad", ("Homer",)), Example("b", "what
              Example("c", "how many legs does a spider have", ("8",))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

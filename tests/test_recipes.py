@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from iagbench import ConfigurationError
 from iagbench.cli import build_parser
@@ -31,12 +30,7 @@ def has_teacher_options() -> bool:
 needs_teacher = pytest.mark.skipif(not has_teacher_options(), reason="iagbench train has no --teacher-reader/--alpha yet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_shipped_recipes_cover_every_row_and_expand_for_their_commands():
