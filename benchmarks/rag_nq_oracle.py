@@ -18,6 +18,7 @@ import argparse
 import csv
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ KS = (1, 5, 20)
 
 
 def build_corpus(data_dir: Path, path: Path) -> int:
-    """Write the DPR TSV: nq-oracle gold passages, then the wiki samples; return the passage count."""
+    """Write the DPR TSV (atomically): nq-oracle gold passages, deduplicated, then the wiki samples; return the count."""
     seen: set[tuple[str, str]] = set()
     rows: list[tuple[str, str]] = []
     with gzip.open(data_dir / "nq-oracle" / "nq-open-oracle.jsonl.gz", "rt", encoding="utf-8") as handle:
@@ -50,11 +51,12 @@ def build_corpus(data_dir: Path, path: Path) -> int:
             title, _, text = json.loads(line)["contents"].partition("\n")
             rows.append((text, title.strip('"')))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t")
         writer.writerow(["id", "text", "title"])
-        for number, (text, title) in enumerate(rows, start=1):
-            writer.writerow([f"p{number}", text, title])
+        writer.writerows([f"p{number}", text, title] for number, (text, title) in enumerate(rows, start=1))
+    os.replace(tmp, path)
     return len(rows)
 
 

@@ -9,10 +9,7 @@ Record new baselines, after an intended change, with `pytest benchmarks --iagben
 
 from __future__ import annotations
 
-import csv
-import gzip
 import importlib.util
-import json
 import os
 from pathlib import Path
 
@@ -39,29 +36,11 @@ def test_closed_book(iagbench_run, iagbench_baseline, dataset, name):
 def rag_corpus(iagbench_runs_dir: Path, iagbench_data_dir: Path) -> Path:
     """A DPR passages TSV: the gold passages of nq-oracle (NQ-open test questions) and the 1,999 wiki passages
     of ../shared/data/wiki as distractors; written once under the runs folder (never committed)."""
+    from rag_nq_oracle import build_corpus  # benchmarks/ is on sys.path for the modules pytest collects there
+
     path = iagbench_runs_dir / "corpora" / "nq-oracle-gold+wiki.tsv"
-    if path.is_file():
-        return path
-    rows, seen = [], set()
-    with gzip.open(iagbench_data_dir / "nq-oracle" / "nq-open-oracle.jsonl.gz", "rt", encoding="utf-8") as handle:
-        for line in handle:
-            for ctx in json.loads(line)["ctxs"]:
-                if (ctx["title"], ctx["text"]) not in seen:
-                    seen.add((ctx["title"], ctx["text"]))
-                    rows.append((ctx["text"], ctx["title"]))
-    with open(iagbench_data_dir / "wiki" / "psgs_w100.first_1000.tsv", encoding="utf-8", newline="") as handle:
-        rows += [(text, title) for _, text, title in list(csv.reader(handle, delimiter="\t"))[1:]]
-    with open(iagbench_data_dir / "wiki" / "flashrag_sample_data.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            title, _, text = json.loads(line)["contents"].partition("\n")
-            rows.append((text, title.strip('"')))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        writer.writerow(["id", "text", "title"])
-        writer.writerows([f"p{number}", text, title] for number, (text, title) in enumerate(rows, start=1))
-    os.replace(tmp, path)
+    if not path.is_file():
+        build_corpus(iagbench_data_dir, path)
     return path
 
 
