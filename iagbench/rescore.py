@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +11,7 @@ from .components import Metric
 from .errors import DataError
 from .runs import RunFolder
 from .scoring import aggregate, metric_versions, score_example
+from .jsonl import json_objects
 from .types import Passage
 
 
@@ -22,15 +22,7 @@ def read_scorable(path: Path) -> Iterator[tuple[int, str, list[str], list[Passag
     except OSError as error:
         raise DataError(path, None, None, f"cannot read: {error.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(path, number, None, f"not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(path, number, None, "expected a JSON object")
+        for number, record in json_objects(handle, path):
             yield number, *_fields(record, path, number)
 
 

@@ -247,3 +247,23 @@ def test_imagine_n_returns_the_k_best_beams_deterministically_and_train_false_fr
     frozen = ImagineImaginer("tiny-llama", train=False)
     assert frozen.trainable_module() is None and not any(p.requires_grad for p in frozen.lm.model.parameters())
     assert frozen.describe()["train"] is False
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"id": "a", "question": "q", "compressed": "c"}\n{"id": "b", "question": "q"\n', ":2: not valid JSON"),
+        ('["a"]\n', ":1: expected a JSON object"),
+        ('{"id": "a", "question": "q"}\n', ":1: field 'compressed': expected a string"),
+        ('{"id": "a", "question": "q", "compressed": "c"}\n\n{"id": "a", "question": "q", "compressed": "d"}\n',
+         ":3: field 'id': 'a' appears twice"),
+    ],
+)
+def test_a_bad_pairs_line_is_one_error_naming_file_line_and_field(tmp_path, content, message):
+    from iagbench import DataError
+    from iagbench_plugins.imagination.imagine import read_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(f"{path}{message}")):
+        read_pairs(path)

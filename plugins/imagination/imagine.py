@@ -8,7 +8,6 @@ token) after the question prompt, the prompt masked out. At test time it generat
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from iagbench import ConfigurationError, Context, DataError, Example, Imaginer, Passage
 from iagbench.cache import file_sha256
 from iagbench.components import Trainable
+from iagbench.jsonl import json_objects
 
 from .lm import CausalLM, check_positive
 
@@ -32,18 +32,12 @@ def read_pairs(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ConfigurationError(f"imagine option pairs={path}: no such file (write it with iagbench compress)")
     pairs: dict[str, dict[str, Any]] = {}
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        for number, record in json_objects(handle, path):
             for field in ("id", "question", "compressed"):
                 if not isinstance(record.get(field), str):
-                    raise DataError(f"{path}:{number}: field '{field}': expected a string")
+                    raise DataError(path, number, field, "expected a string")
             if record["id"] in pairs:
-                raise DataError(f"{path}:{number}: field 'id': '{record['id']}' appears twice")
+                raise DataError(path, number, "id", f"'{record['id']}' appears twice")
             pairs[record["id"]] = record
     return pairs
 

@@ -32,6 +32,7 @@ from typing import IO, Any
 import numpy as np
 
 from iagbench.errors import ConfigurationError, DataError
+from iagbench.jsonl import json_objects
 from iagbench.types import Passage
 
 from .index_cache import Index, cached_sha256, ensure_index, log
@@ -152,17 +153,7 @@ def _tsv_passage(row: list[str], columns: dict[str, int], header: list[str], pat
 
 def _json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with _open_binary(path) as handle:
-        for line, raw in enumerate(handle, start=1):
-            text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, line, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(path, line, None, f"expected a JSON object, got {_show(record)}")
-            yield line, record
+        yield from json_objects(handle, path)
 
 
 def _field(record: dict[str, Any], name: str, path: Path, line: int) -> Any:

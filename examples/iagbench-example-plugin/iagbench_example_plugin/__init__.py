@@ -6,7 +6,6 @@ iagbench repository); none of it is a method worth benchmarking.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from iagbench import (
     Reader,
     hookimpl,
 )
+from iagbench.jsonl import json_objects
 
 WORD = re.compile(r"\w+")
 
@@ -39,15 +39,7 @@ def read_corpus(path: Path) -> list[Passage]:
     """The passages of a JSON-lines file of ``{"id", "title", "text"}`` objects, in file order."""
     passages = []
     with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(path, line_number, None, f"not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(path, line_number, None, 'expected a JSON object {"id", "title", "text"}')
+        for line_number, record in json_objects(handle, path):
             for key in ("id", "title", "text"):
                 if not isinstance(record.get(key), str):
                     raise DataError(path, line_number, key, "expected a string")
