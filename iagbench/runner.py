@@ -7,6 +7,7 @@ examples whose id hashes to its rank (`iagbench.processes`, `iagbench.shards`).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +20,11 @@ from . import __version__
 from .batching import BatchSizer, out_of_memory_error, release_memory
 from .components import CONTEXT_KINDS, Dataset, Imaginer, Metric, Reader
 from .env import environment
-from .errors import ConfigurationError
+from .errors import ConfigurationError, RunFolderError
 from .plugins import Plugins
 from .processes import Processes
 from .registry import Entry
-from .runs import RunFolder, canonical_json, config_hash, folder_name, write_json_atomic
+from .runs import RunFolder, canonical_json, config_hash, diff_paths, folder_name, read_json, write_json_atomic
 from .scoring import aggregate, metric_versions, score_example
 from .shards import ShardWriter, done_ids, merge, shard_files, wait_for_file, wait_for_shards
 from .types import Context, Example
@@ -251,6 +252,7 @@ def run(
         log(f"rank {procs.rank} of {procs.world_size}: {len(todo)} examples to predict into {folder.path}")
     status: dict[str, Any] | None = None
     if todo:
+        check_components(folder, imaginer, reader)
         if procs.main:
             _record_components(folder, imaginer, reader)
         sizer = BatchSizer.for_setting(spec.batch_size, cuda=device.startswith("cuda"))
@@ -302,8 +304,37 @@ def _finish(
     return results
 
 
+COMPONENTS = "components.json"
+WHERE_KEYS = frozenset({"device"})  # where a component runs, not what it computes: may change on resume
+
+
+def _describe_components(imaginer: Imaginer, reader: Reader) -> dict[str, Any]:
+    return {"imaginer": imaginer.describe(), "reader": reader.describe()}
+
+
 def _record_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
-    write_json_atomic(folder.path / "components.json", {"imaginer": imaginer.describe(), "reader": reader.describe()})
+    write_json_atomic(folder.path / COMPONENTS, _describe_components(imaginer, reader))
+
+
+def check_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
+    """Refuse to resume with components that describe themselves otherwise (a prompt version, a model...).
+
+    The run's identity holds the options as given; what they resolve to can change under them
+    (a new prompt version, another model behind a name), and one run must not mix predictions of both.
+    """
+    path = folder.path / COMPONENTS
+    if not path.is_file():
+        return
+    differences = [
+        difference
+        for difference in diff_paths(read_json(path), json.loads(canonical_json(_describe_components(imaginer, reader))))
+        if difference.rsplit(".", 1)[-1] not in WHERE_KEYS
+    ]
+    if differences:
+        raise RunFolderError(
+            f"{path}: this run's predictions so far were made by components described otherwise (differs in: "
+            f"{', '.join(differences[:5])}); rerun in a new folder (--output) or with the components it was started with"
+        )
 
 
 def ordered_examples(examples: Sequence[Example], order: str = "length") -> list[Example]:

@@ -498,3 +498,27 @@ def test_a_failed_start_does_not_block_the_corrected_command(invoke_cli, tmp_pat
     code, _, err = invoke_cli(*base, "--reader-args", "max_new_tokens=3", "--no-progress")
     assert code == 0, err
     assert len((output / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_refuses_components_that_describe_themselves_otherwise(tmp_path, plugins):
+    """A prompt version (or model) that changed under the same options must not mix into one run's predictions."""
+    folder = tmp_path / "run"
+    spec = RunSpec("sample", "test", "none", "tiny-llama", reader_args={"prompt": "plain", "max_new_tokens": 2},
+                   limit=3, output=folder)
+    run(spec, plugins, progress=False, log=lambda message: None)
+    (folder / "results.json").unlink()
+    lines = (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "predictions.jsonl").write_text("".join(lines[:1]), encoding="utf-8")
+    components = json.loads((folder / "components.json").read_text(encoding="utf-8"))
+    components["reader"]["device"] = "cuda:3"  # where it ran: may differ on resume
+    (folder / "components.json").write_text(json.dumps(components), encoding="utf-8")
+    run(spec, plugins, progress=False, log=lambda message: None)
+    assert len((folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+
+    (folder / "results.json").unlink()
+    (folder / "predictions.jsonl").write_text("".join(lines[:1]), encoding="utf-8")
+    components["reader"]["prompt"]["version"] = "0"
+    (folder / "components.json").write_text(json.dumps(components), encoding="utf-8")
+    with pytest.raises(RunFolderError, match=r"components.json: .*differs in: reader\.prompt\.version"):
+        run(spec, plugins, progress=False, log=lambda message: None)
+    assert len((folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 1
