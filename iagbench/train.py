@@ -110,6 +110,15 @@ class TrainSpec:
     mixed_precision: str = "auto"  # bf16 on CUDA, else no
     deepspeed: Path | None = None  # a DeepSpeed config file (configs/deepspeed/zero2.json, zero3.json)
     gradient_checkpointing: bool = False  # recompute the transformers models' layers in backward (less memory)
+    # long-context distillation (ImcQA): a frozen teacher imaginer + reader; the loss is plugins/distill's
+    teacher_imaginer: str | None = None  # default "none" when a teacher reader is given
+    teacher_reader: str | None = None  # no teacher: the reader's (or imaginer's) own loss
+    teacher_imaginer_args: dict[str, Any] = field(default_factory=dict)
+    teacher_reader_args: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 0.5  # weight of KD; 1 - alpha on the gold answer's cross-entropy
+    temperature: float = 1.0  # T0 of temperature_at(step, T0)
+    hidden_weight: float = 0.0  # cosine loss between the readers' last decoder hidden states
+    attention_weight: float = 0.0  # squared error between their last decoder self-attention maps
     output: Path | None = None
     train_dir: Path = DEFAULT_TRAIN_DIR
 
@@ -134,6 +143,21 @@ def validate(spec: TrainSpec) -> None:
         raise ConfigurationError(f"--schedule {spec.schedule}: expected one of {', '.join(SCHEDULES)}")
     if spec.mixed_precision not in MIXED_PRECISION:
         raise ConfigurationError(f"--mixed-precision {spec.mixed_precision}: expected one of {', '.join(MIXED_PRECISION)}")
+    if spec.teacher_reader is None:
+        given = [name for name, value, default in (
+            ("--teacher-imaginer", spec.teacher_imaginer, None), ("--teacher-imaginer-args", spec.teacher_imaginer_args, {}),
+            ("--teacher-reader-args", spec.teacher_reader_args, {}), ("--alpha", spec.alpha, 0.5),
+            ("--temperature", spec.temperature, 1.0), ("--hidden-weight", spec.hidden_weight, 0.0),
+            ("--attention-weight", spec.attention_weight, 0.0)) if value != default]  # fmt: skip
+        if given:
+            raise ConfigurationError(f"{', '.join(given)}: distillation options need a teacher (--teacher-reader)")
+    else:
+        if not 0.0 <= spec.alpha <= 1.0:
+            raise ConfigurationError(f"--alpha {spec.alpha}: expected a weight between 0 and 1")
+        if not spec.temperature > 0:
+            raise ConfigurationError(f"--temperature {spec.temperature}: expected a positive number")
+        if spec.hidden_weight < 0 or spec.attention_weight < 0:
+            raise ConfigurationError("--hidden-weight and --attention-weight must be 0 or more")
 
 
 def read_deepspeed_config(path: Path | None) -> dict[str, Any] | None:
@@ -251,7 +275,7 @@ class _Batch:
         self.examples = list(examples)
 
 
-def _objective(imaginer: Imaginer, reader: Reader, parts: Any) -> Any:
+def _objective(imaginer: Imaginer, reader: Reader, parts: Any, distiller: _Distiller | None = None) -> Any:
     """A module over the trainable parts whose forward is the training loss (what DDP and DeepSpeed wrap)."""
     import torch
 
@@ -259,18 +283,170 @@ def _objective(imaginer: Imaginer, reader: Reader, parts: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.parts = parts
-            self.__dict__["_components"] = (imaginer, reader)  # not submodules: their frozen parts stay out
+            # not submodules: their frozen parts (and the teacher) stay out of DDP / DeepSpeed
+            self.__dict__["_components"] = (imaginer, reader, distiller)
 
         def forward(self, batch: _Batch) -> Any:
-            imaginer, reader = self.__dict__["_components"]
+            imaginer, reader, distiller = self.__dict__["_components"]
             if _has_loss(imaginer):  # an imaginer with its own objective (e.g. `imagine`) trains alone
                 return imaginer.loss(batch.examples, [Context() for _ in batch.examples])
             contexts = imaginer.imagine(batch.examples)
             if len(contexts) != len(batch.examples):
                 raise ConfigurationError(f"imaginer returned {len(contexts)} contexts for {len(batch.examples)} examples")
+            if distiller is not None:
+                return distiller.loss(reader, batch.examples, contexts)
             return reader.loss(batch.examples, contexts)
 
     return Objective()
+
+
+STUDENT_METHODS = ("answer_logits", "target_ids", "training_targets")
+
+
+class _Distiller:
+    """Long-context distillation (ImcQA): a frozen teacher imaginer + reader scores the gold answer's tokens,
+    the student reader learns ``distillation_loss`` towards it at the temperature ``temperature_at(step, T0)``.
+
+    The teacher is built once per process (each rank its own replica: it is no part of what DDP or
+    DeepSpeed wrap), in evaluation mode, every parameter frozen, and runs without gradients; its
+    contexts are made per batch from the same examples as the student's. Both readers score the same
+    target (the student's ``training_targets``, one gold answer per example) through
+    ``answer_logits(examples, contexts, targets) -> (logits, target_mask)``, so they must share a
+    tokenizer. ``step`` (optimizer steps done) is set by the trainer; ``parts`` keeps each micro-batch's
+    kd, ce (and hidden, attention) losses for the log.
+    """
+
+    def __init__(self, spec: TrainSpec, imaginer: Imaginer, reader: Reader):
+        self.spec, self.imaginer, self.reader = spec, imaginer, reader
+        self.step = 0
+        self.parts: dict[str, Any] = {}
+        for component in (imaginer, reader):
+            _freeze(component)
+
+    def temperature(self) -> float:
+        from iagbench_plugins.distill.loss import temperature_at
+
+        return temperature_at(self.step, self.spec.temperature)
+
+    def loss(self, student: Reader, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
+        import torch
+        from iagbench_plugins.distill.loss import distillation_loss
+
+        spec = self.spec
+        hidden, attention = spec.hidden_weight > 0, spec.attention_weight > 0
+        targets = student.training_targets(examples)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            teacher_contexts = self.imaginer.imagine(examples)
+            if len(teacher_contexts) != len(examples):
+                raise ConfigurationError(f"teacher imaginer returned {len(teacher_contexts)} contexts for {len(examples)} examples")
+            with _decoder_outputs(self.reader, "teacher reader", hidden, attention) as teacher_states:
+                teacher_logits, teacher_mask = self.reader.answer_logits(examples, teacher_contexts, targets)  # type: ignore[attr-defined]
+        with _decoder_outputs(student, "reader", hidden, attention) as student_states:
+            student_logits, mask = student.answer_logits(examples, contexts, targets)  # type: ignore[attr-defined]
+        labels, _ = student.target_ids(targets)  # type: ignore[attr-defined]
+        if student_logits.shape != teacher_logits.shape or not torch.equal(teacher_mask.to(mask.device), mask):
+            raise ConfigurationError(
+                f"distillation: the teacher's logits {tuple(teacher_logits.shape)} over the answer tokens do not line up "
+                f"with the student's {tuple(student_logits.shape)}: the readers tokenize the answers differently "
+                "(teacher and student must share the tokenizer)"
+            )
+        result = distillation_loss(
+            student_logits, teacher_logits.to(student_logits.device), labels, mask, alpha=spec.alpha,
+            temperature=self.temperature(),
+            hidden=(student_states["hidden"], teacher_states["hidden"]) if hidden else None, hidden_weight=spec.hidden_weight,
+            attention=(student_states["attention"], teacher_states["attention"]) if attention else None,
+            attention_weight=spec.attention_weight,
+        )  # fmt: skip
+        self.parts = {name: value.detach().float() for name, value in result._asdict().items()
+                      if name != "total" and value is not None}  # fmt: skip
+        return result.total
+
+
+def _freeze(component: Any) -> None:
+    """Evaluation mode and no parameter that requires grad: the trainable module and the component's ``model``."""
+    if isinstance(component, Trainable):
+        component.train(False)
+    for module in (_trainable(component), getattr(component, "model", None)):
+        if module is not None and callable(getattr(module, "requires_grad_", None)):
+            module.requires_grad_(False)
+            module.eval()
+
+
+def _decoder_outputs(reader: Any, role: str, hidden: bool, attention: bool) -> Any:
+    """While ``answer_logits`` runs: ask the reader's transformers ``model`` for its hidden states / attention maps
+    (forward hooks; attention maps switch the model to eager attention), and keep the last decoder layer's
+    (``decoder_*`` for encoder-decoders) in the yielded dict: the last layer, so teacher and student may differ
+    in depth (not in width or heads)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def capture() -> Any:
+        states: dict[str, Any] = {}
+        if not (hidden or attention):
+            yield states
+            return
+        model = getattr(reader, "model", None)
+        if model is None or not callable(getattr(model, "register_forward_hook", None)):
+            raise ConfigurationError(
+                f"--hidden-weight / --attention-weight: the {role} has no transformers model ('model' attribute) to read "
+                "hidden states or attention maps from"
+            )
+
+        switch = getattr(model, "set_attn_implementation", None)
+        if attention and callable(switch) and getattr(model.config, "_attn_implementation", "eager") != "eager":
+            switch("eager")  # sdpa returns no attention maps; eager computes the same attention
+
+        def ask(module: Any, args: Any, kwargs: Any) -> Any:
+            if hidden:
+                kwargs["output_hidden_states"] = True
+            if attention:
+                kwargs["output_attentions"] = True
+            return args, kwargs
+
+        def keep(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            for name, flag, keys in (("hidden", hidden, ("decoder_hidden_states", "hidden_states")),
+                                     ("attention", attention, ("decoder_attentions", "attentions"))):  # fmt: skip
+                if not flag:
+                    continue
+                layers = next((getattr(output, key) for key in keys if getattr(output, key, None) is not None), None)
+                if not layers or layers[-1] is None:
+                    raise ConfigurationError(
+                        f"--{name}-weight: the {role}'s model returned no {'hidden states' if name == 'hidden' else 'attention maps'}"
+                        + (" (load it with attn_implementation='eager' to get attention maps)" if name == "attention" else "")
+                    )
+                states[name] = layers[-1]
+
+        handles = [model.register_forward_pre_hook(ask, with_kwargs=True), model.register_forward_hook(keep, with_kwargs=True)]
+        try:
+            yield states
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    return capture()
+
+
+def _check_distillable(student: Reader, teacher: Reader, student_name: str, teacher_name: str) -> None:
+    """Both readers score answer tokens (``answer_logits``); the student also makes targets; one tokenizer."""
+    for reader, name, role, methods in ((student, student_name, "reader", STUDENT_METHODS),
+                                        (teacher, teacher_name, "teacher reader", ("answer_logits",))):  # fmt: skip
+        missing = [method for method in methods if not callable(getattr(reader, method, None))]
+        if missing:
+            raise ConfigurationError(
+                f"distillation: {role} '{name}' lacks {', '.join(missing)} (a reader is distilled through "
+                "answer_logits(examples, contexts, targets) -> (logits, target_mask), as fid-t5's)"
+            )
+    ours, theirs = getattr(student, "tokenizer", None), getattr(teacher, "tokenizer", None)
+    if ours is not None and theirs is not None and ours is not theirs:
+        vocab = getattr(ours, "get_vocab", None)
+        same = vocab() == theirs.get_vocab() if callable(vocab) and callable(getattr(theirs, "get_vocab", None)) else True
+        if not same or len(ours) != len(theirs):
+            raise ConfigurationError(
+                f"distillation: reader '{student_name}' and teacher reader '{teacher_name}' have different tokenizers "
+                f"({len(ours)} and {len(theirs)} tokens{'' if len(ours) != len(theirs) else ', different vocabularies'}): "
+                "the KD loss compares their distributions token by token over the same answer tokens; choose a teacher "
+                "with the student's tokenizer (every T5 size shares one)"
+            )
 
 
 def _optimizer(parts: Any, lr: float, weight_decay: float) -> Any:
@@ -378,6 +554,8 @@ class _Setup:
     em: Metric | None
     deepspeed_config: dict[str, Any] | None
     mixed_precision: str
+    teacher_imaginer: Entry | None = None
+    teacher_reader: Entry | None = None
 
 
 def train(
@@ -407,6 +585,10 @@ def train(
         read_deepspeed_config(spec.deepspeed),
         resolve_mixed_precision(spec.mixed_precision),
     )
+    if spec.teacher_reader is not None:
+        setup.teacher_imaginer = plugins["imaginers"].get(spec.teacher_imaginer or "none")
+        setup.teacher_reader = plugins["readers"].get(spec.teacher_reader)
+        check_compatible(setup.teacher_imaginer, setup.teacher_reader)
     saved_env = {key: os.environ.get(key) for key in _LAUNCH_ENV}
     accelerator = make_accelerator(spec, setup.deepspeed_config, setup.mixed_precision)
     try:
@@ -439,7 +621,7 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
     The batch counts as the global batch (examples per optimizer step), not as its split into
     processes, micro-batches and accumulation: that is how one session runs it (``execution``).
     """
-    return {
+    ident: dict[str, Any] = {
         "dataset": {
             "name": setup.dataset.name,
             "split": spec.split,
@@ -464,6 +646,18 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
             "deepspeed": setup.deepspeed_config,
         },
     }
+    if setup.teacher_reader is not None:  # absent without a teacher: earlier runs keep their identity
+        assert setup.teacher_imaginer is not None
+        ident["distillation"] = {
+            "teacher_imaginer": {"name": setup.teacher_imaginer.name, "options": spec.teacher_imaginer_args},
+            "teacher_reader": {"name": setup.teacher_reader.name, "options": spec.teacher_reader_args},
+            "alpha": spec.alpha,
+            "temperature": spec.temperature,
+            "temperature_schedule": "temperature_at(step, T0) = T0 / (1 + ln(1 + step // 500))",
+            "hidden_weight": spec.hidden_weight,
+            "attention_weight": spec.attention_weight,
+        }
+    return ident
 
 
 def _execution(spec: TrainSpec, layout: _Layout) -> dict[str, Any]:
@@ -471,8 +665,9 @@ def _execution(spec: TrainSpec, layout: _Layout) -> dict[str, Any]:
     return {**layout.describe(), "gradient_checkpointing": spec.gradient_checkpointing}
 
 
-def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[Any]]:
-    """The components, built with the seed set, a ModuleDict of their trainable modules, and the layers to checkpoint."""
+def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[Any], _Distiller | None]:
+    """The components, built with the seed set, a ModuleDict of their trainable modules, the layers to checkpoint,
+    and the teacher (built after the student, so the student's initialisation does not depend on it)."""
     import torch
     from accelerate.utils import set_seed
 
@@ -485,12 +680,17 @@ def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[
     if not modules:
         raise ConfigurationError(f"nothing to train: neither {names} has trainable parts (Trainable.trainable_module())")
     if _has_loss(imaginer):
+        if setup.teacher_reader is not None:
+            raise ConfigurationError(
+                f"--teacher-reader: imaginer '{setup.imaginer.name}' trains on its own loss, not through the reader's "
+                "answer logits; distillation trains a reader's answers (e.g. imagine+hyperlora with imagine train=false)"
+            )
         if "reader" in modules:
             raise ConfigurationError(
                 f"imaginer '{setup.imaginer.name}' trains on its own loss, which gives reader '{setup.reader.name}' no "
                 "gradient: give a reader without trainable parts (it then only serves evaluation)"
             )
-    elif not _has_loss(reader):
+    elif setup.teacher_reader is None and not _has_loss(reader):
         raise ConfigurationError(
             f"reader '{setup.reader.name}' cannot compute a training loss (it does not implement Trainable.loss)"
         )
@@ -498,7 +698,14 @@ def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[
     if not any(p.requires_grad for p in parts.parameters()):
         raise ConfigurationError(f"nothing to train: the trainable modules of neither {names} have parameters that require grad")
     layers = enable_gradient_checkpointing((imaginer, reader), names) if spec.gradient_checkpointing else []
-    return imaginer, reader, parts, layers
+    distiller = None
+    if setup.teacher_reader is not None:
+        assert setup.teacher_imaginer is not None
+        teacher_reader: Reader = setup.teacher_reader.build(**spec.teacher_reader_args)
+        _check_distillable(reader, teacher_reader, setup.reader.name, setup.teacher_reader.name)
+        teacher_imaginer: Imaginer = setup.teacher_imaginer.build(**spec.teacher_imaginer_args)
+        distiller = _Distiller(spec, teacher_imaginer, teacher_reader)
+    return imaginer, reader, parts, layers, distiller
 
 
 def enable_gradient_checkpointing(components: Sequence[Any], names: str = "the components") -> list[Any]:
@@ -553,7 +760,7 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
             say(f"training already finished: {done} (step {total})")
             return output, _summary(output, done)
 
-    imaginer, reader, parts, checkpointed = _build(spec, setup)
+    imaginer, reader, parts, checkpointed, distiller = _build(spec, setup)
     deepspeed = setup.deepspeed_config is not None
     resume_from = latest_checkpoint(checkpoints)
     saved = read_json(resume_from / TRAINER_STATE) if resume_from is not None else {}
@@ -568,7 +775,7 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
         for role, component in (("imaginer", imaginer), ("reader", reader)):
             if _trainable(component) is not None:
                 load_trainable(component, resume_from, role)
-    model = _objective(imaginer, reader, parts)
+    model = _objective(imaginer, reader, parts, distiller)
     optimizer = _optimizer(parts, spec.lr, spec.weight_decay)
     scheduler = lr_scheduler(optimizer, spec.schedule, spec.warmup_steps, total)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -619,7 +826,7 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
 
     trainer = _Trainer(
         spec, accelerator, model, optimizer, scheduler, imaginer, reader, stream, layout, output, total, ident, digest,
-        setup.em, setup.eval_examples, deepspeed, zero_stage(setup.deepspeed_config), checkpointed,
+        setup.em, setup.eval_examples, deepspeed, zero_stage(setup.deepspeed_config), checkpointed, distiller,
     )
     if setup.em is not None and start == 0:
         trainer.log({"step": 0, **trainer.evaluate()})
@@ -744,6 +951,7 @@ class _Trainer:
     deepspeed: bool = False
     zero_stage: int = 0  # DeepSpeed's ZeRO stage
     checkpointed: list[Any] = field(default_factory=list)  # modules that recompute their activations in backward
+    distiller: _Distiller | None = None  # the teacher, with distillation
     last: dict[str, Any] = field(default_factory=dict)  # the latest logged values, kept in trainer_state.json
 
     @property
@@ -765,7 +973,9 @@ class _Trainer:
         examples_since, clock = 0, time.perf_counter()
         with tqdm(total=self.total, initial=start, disable=not progress, desc="steps", unit="step") as bar:
             for step in range(start + 1, self.total + 1):
-                losses = []
+                losses, parts = [], []
+                if self.distiller is not None:
+                    self.distiller.step = step - 1  # optimizer steps done: the first step is at T0
                 for micro in range(spec.grad_accum):
                     batch = layout.batch(self.stream, step, micro)
                     with accelerator.accumulate(self.model):
@@ -776,6 +986,8 @@ class _Trainer:
                         self.optimizer.step()
                         self.optimizer.zero_grad()
                     losses.append(loss.detach().float())
+                    if self.distiller is not None:
+                        parts.append(self.distiller.parts)
                     examples_since += len(batch) * layout.processes
                 if not accelerator.sync_gradients:
                     raise RuntimeError(f"step {step}: gradient accumulation is out of step with accelerate")
@@ -794,6 +1006,11 @@ class _Trainer:
                     })
                     examples_since, clock = 0, time.perf_counter()
                     bar.set_postfix(loss=f"{loss_value:.4f}")
+                    if parts:  # the distillation loss's parts, averaged as the loss is
+                        for name in parts[0]:
+                            mean = torch.stack([part[name] for part in parts]).mean()
+                            record[name] = accelerator.reduce(mean, reduction="mean").item()
+                        record["temperature"] = self.distiller.temperature()  # type: ignore[union-attr]
                 if self.em is not None and (step % spec.eval_every == 0 or step == self.total):
                     record.update({"step": step, **self.evaluate()})
                 if record:

@@ -58,6 +58,20 @@ def add_train_parser(parser: argparse.ArgumentParser, commands: Any) -> argparse
         "--gradient-checkpointing", action="store_true",
         help="recompute the transformers models' layer activations in backward (less memory, same results)",
     )
+    distill = train.add_argument_group(
+        "long-context distillation (ImcQA)",
+        "a frozen teacher imaginer + reader (e.g. bm25 + a trained fid-t5) scores the gold answer; the student (--imaginer + "
+        "--reader) learns alpha * KD(T) + (1 - alpha) * CE, T = T0 / (1 + ln(1 + step // 500)); both readers need "
+        "answer_logits and one tokenizer",
+    )
+    distill.add_argument("--teacher-imaginer", help="the teacher's imaginer (default with --teacher-reader: none)")
+    distill.add_argument("--teacher-imaginer-args", default="", metavar="K=V,...", help="teacher imaginer options")
+    distill.add_argument("--teacher-reader", help="the teacher's reader: turns distillation on")
+    distill.add_argument("--teacher-reader-args", default="", metavar="K=V,...", help="teacher reader options (checkpoint=DIR)")
+    distill.add_argument("--alpha", type=float, default=0.5, help="weight of the KD loss, 1 - alpha on the CE (default: 0.5)")
+    distill.add_argument("--temperature", type=float, default=1.0, metavar="T0", help="initial KD temperature (default: 1.0)")
+    distill.add_argument("--hidden-weight", type=float, default=0.0, help="cosine loss of the last decoder hidden states (default: 0)")
+    distill.add_argument("--attention-weight", type=float, default=0.0, help="MSE of the last decoder self-attention maps (default: 0)")
     train.add_argument("--output", type=Path, help="output folder (default: trained/<components>__<config hash>)")
     train.add_argument(
         "--train-dir", type=Path, default=Path(os.environ.get(TRAIN_DIR_ENV, "trained")), help="where default output folders go"
@@ -69,6 +83,7 @@ def add_train_parser(parser: argparse.ArgumentParser, commands: Any) -> argparse
 
 def command_train(args: argparse.Namespace, plugins: Plugins, non_default: dict[str, Any]) -> int:
     from .cli import component_options
+    from .options import parse_options
     from .train import TrainSpec, train
 
     spec = TrainSpec(
@@ -93,6 +108,14 @@ def command_train(args: argparse.Namespace, plugins: Plugins, non_default: dict[
         mixed_precision=args.mixed_precision,
         deepspeed=args.deepspeed,
         gradient_checkpointing=args.gradient_checkpointing,
+        teacher_imaginer=args.teacher_imaginer,
+        teacher_reader=args.teacher_reader,
+        teacher_imaginer_args=parse_options(args.teacher_imaginer_args, flag="--teacher-imaginer-args"),
+        teacher_reader_args=parse_options(args.teacher_reader_args, flag="--teacher-reader-args"),
+        alpha=args.alpha,
+        temperature=args.temperature,
+        hidden_weight=args.hidden_weight,
+        attention_weight=args.attention_weight,
         output=args.output,
         train_dir=args.train_dir,
     )

@@ -1,0 +1,171 @@
+"""`iagbench train` with a teacher (long-context distillation, ImcQA): the logged loss is
+distillation_loss of the student's and the teacher's answer logits on that step's batch, computed here
+directly from the previous checkpoint; KD goes down; resume keeps the teacher; refusals.
+
+Student: hyperlora (trainable) + fid-tiny (frozen). Teacher: the sample set's gold passages (``given``)
++ another fid-tiny (seed=1). Both fid-tiny readers are frozen (train=none), so nothing in the forward is
+random and a checkpoint's weights give back the logged loss exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from iagbench.errors import ConfigurationError, RunFolderError
+from iagbench.plugins import load_plugins
+from iagbench.runner import load_examples
+from iagbench.train import TrainSpec, _Stream, read_log, train
+
+HYPERLORA = {"model": "fid-tiny", "rank": 4, "hidden": 32, "feature_dims": 8, "encoder": "hashing", "device": "cpu"}
+STUDENT_READER = {"train": "none", "train_answer": "first"}  # frozen T5, deterministic targets
+TEACHER_READER = {"train": "none", "seed": 1}
+BATCH = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train much faster on one thread than on two shared with other tests (as test_compose)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def other_tokenizer_fid(**options):
+    """fid-tiny whose tokenizer has one more token than the student's."""
+    from iagbench_plugins.readers.fid import FiDReader
+
+    class OtherTokenizerFiD(FiDReader):
+        def __init__(self, **options):
+            super().__init__(model="fid-tiny", **options)
+            self.tokenizer.add_tokens(["<another-token>"])
+
+    return OtherTokenizerFiD(**options)
+
+
+other_tokenizer_fid.accepts = frozenset({"passages", "adapter"})  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    plugins = load_plugins(builtins_only=True, plugin_files=())
+    plugins["readers"].register("fid-other-tokenizer", other_tokenizer_fid, plugin="tests")
+    return plugins
+
+
+def spec(output: Path, **changes) -> TrainSpec:
+    values = dict(
+        dataset="sample", imaginer="hyperlora", reader="fid-tiny", imaginer_args=HYPERLORA, reader_args=STUDENT_READER,
+        teacher_imaginer="given", teacher_reader="fid-tiny", teacher_reader_args=TEACHER_READER, alpha=0.7,
+        temperature=2.0, steps=2, batch_size=BATCH, lr=1e-2, save_every=1, keep=0, log_every=1, output=output,
+    )  # fmt: skip
+    values.update(changes)
+    return TrainSpec(**values)
+
+
+def test_logged_loss_is_distillation_loss_of_the_batch(tmp_path, plugins):
+    """Step 2's logged loss, kd and ce equal distillation_loss computed here from the step-1 checkpoint on step 2's examples."""
+    from iagbench_plugins.distill.loss import distillation_loss, temperature_at
+    from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
+    from iagbench_plugins.readers.fid import FiDReader
+
+    output = tmp_path / "run"
+    train(spec(output), plugins, progress=False, log=lambda m: None)
+    log = {record["step"]: record for record in read_log(output)}
+    assert set(log) == {1, 2} and {"loss", "kd", "ce", "temperature"} <= set(log[2])
+    assert log[2]["temperature"] == temperature_at(1, 2.0) == 2.0
+
+    examples = load_examples(plugins["datasets"].get("sample").build(), "train", None, "sample")
+    batch = _Stream(examples, 0).take(BATCH, BATCH)  # step 2 (global batch 8 = 8 x 1 process x 1)
+    student = HyperLoRAImaginer(**HYPERLORA, checkpoint=str(output / "checkpoints" / "step-000001"))
+    reader, teacher = FiDReader(model="fid-tiny", **STUDENT_READER), FiDReader(model="fid-tiny", **TEACHER_READER)
+    targets = [example.answers[0] for example in batch]
+    with torch.no_grad():
+        contexts = [type(c)(passages=tuple(e.ctxs)) for c, e in zip(student.imagine(batch), batch)]
+        teacher_logits, mask = teacher.answer_logits(batch, contexts, targets)
+        student_logits, _ = reader.answer_logits(batch, student.imagine(batch), targets)
+    labels, _ = reader.target_ids(targets)
+    expected = distillation_loss(student_logits, teacher_logits, labels, mask, alpha=0.7, temperature=2.0)
+    assert log[2]["loss"] == pytest.approx(expected.total.item(), rel=1e-5)
+    assert log[2]["kd"] == pytest.approx(expected.kd.item(), rel=1e-5)
+    assert log[2]["ce"] == pytest.approx(expected.ce.item(), rel=1e-5)
+    assert log[2]["loss"] == pytest.approx(0.7 * log[2]["kd"] + 0.3 * log[2]["ce"], rel=1e-5)
+    # the teacher matters: another teacher gives another loss
+    other = distillation_loss(student_logits, teacher_logits.roll(1, dims=-1), labels, mask, alpha=0.7, temperature=2.0)
+    assert abs(other.total.item() - log[2]["loss"]) > 1e-3
+    config = json.loads((output / "train_config.json").read_text())
+    assert config["identity"]["distillation"]["teacher_reader"] == {"name": "fid-tiny", "options": TEACHER_READER}
+    assert config["identity"]["distillation"]["alpha"] == 0.7
+
+
+def test_kd_goes_down_and_resume_keeps_the_teacher(tmp_path, plugins):
+    """8 steps, 4 epochs of 16 examples: KD falls; an interrupted run (4 steps, then 8) ends where the uninterrupted one does;
+    a resume with another teacher (or alpha) is refused."""
+    common = dict(limit=2 * BATCH, steps=8, lr=3e-2, save_every=4, alpha=1.0)
+    whole = tmp_path / "whole"
+    train(spec(whole, **common), plugins, progress=False, log=lambda m: None)
+    kds = [record["kd"] for record in read_log(whole)]
+    assert len(kds) == 8 and kds[-1] < kds[0] * 0.8, kds
+
+    split = tmp_path / "split"
+    train(spec(split, **common), plugins, progress=False, log=lambda m: None)
+    # as if killed after step 4: only the step-4 checkpoint is left (the log is truncated to it on resume)
+    shutil.rmtree(split / "checkpoints" / "step-000008")
+    (split / "checkpoints" / "latest").write_text("step-000004\n")
+    with pytest.raises(RunFolderError, match="distillation"):
+        train(spec(split, **{**common, "teacher_reader_args": {"train": "none", "seed": 2}}), plugins, progress=False,
+              log=lambda m: None)  # fmt: skip
+    with pytest.raises(RunFolderError, match="alpha"):
+        train(spec(split, **{**common, "alpha": 0.5}), plugins, progress=False, log=lambda m: None)
+    messages: list[str] = []
+    train(spec(split, **common), plugins, progress=False, log=messages.append)
+    assert any("resuming" in m and "step 4 of 8" in m for m in messages), messages
+    resumed = read_log(split)
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    for a, b in zip(read_log(whole), resumed):
+        assert b["kd"] == pytest.approx(a["kd"], rel=1e-4) and b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_refusals(tmp_path, plugins):
+    def refused(match: str, **changes) -> None:
+        with pytest.raises(ConfigurationError, match=match):
+            train(spec(tmp_path / "x", **changes), plugins, progress=False, log=lambda m: None)
+
+    refused("different tokenizers", teacher_reader="fid-other-tokenizer")
+    # a causal-LM reader has no answer_logits (as teacher, or as student)
+    refused("teacher reader 'tiny-llama' lacks answer_logits", teacher_imaginer="none", teacher_reader="tiny-llama",
+            teacher_reader_args={})  # fmt: skip
+    refused("reader 'tiny-llama' lacks answer_logits", imaginer="none", imaginer_args={}, reader="tiny-llama",
+            reader_args={"lora_rank": 4})  # fmt: skip
+    refused("--alpha", teacher_reader=None, teacher_imaginer=None, teacher_reader_args={})
+    refused("--alpha 1.5", alpha=1.5)
+
+
+def test_command_line_with_hidden_and_attention_terms(tmp_path):
+    """`iagbench train --teacher-* --hidden-weight --attention-weight`: the log has every part, and the total adds them."""
+    output = tmp_path / "cli"
+    command = [
+        str(Path(sys.executable).parent / "iagbench"), "train", "--dataset", "sample", "--imaginer", "hyperlora", "--imaginer-args",
+        ",".join(f"{k}={v}" for k, v in HYPERLORA.items()), "--reader", "fid-tiny", "--reader-args", "train=none,train_answer=first",
+        "--teacher-imaginer", "given", "--teacher-imaginer-args", "k=2", "--teacher-reader", "fid-tiny",
+        "--teacher-reader-args", "train=none,seed=1", "--alpha", "0.4", "--temperature", "3.0", "--hidden-weight", "0.5",
+        "--attention-weight", "2.0", "--steps", "2", "--batch-size", "8", "--log-every", "1", "--output", str(output),
+        "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for record in read_log(output):
+        assert record["temperature"] == 3.0
+        expected = 0.4 * record["kd"] + 0.6 * record["ce"] + 0.5 * record["hidden"] + 2.0 * record["attention"]
+        assert record["loss"] == pytest.approx(expected, rel=1e-5) and record["hidden"] > 0 and record["attention"] > 0
+    config = json.loads((output / "train_config.json").read_text())
+    assert config["identity"]["distillation"]["teacher_imaginer"] == {"name": "given", "options": {"k": 2}}
+    assert config["non_default_options"]["teacher_reader"] == "fid-tiny"
