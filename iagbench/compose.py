@@ -179,9 +179,10 @@ class CompositeImaginer(Imaginer, Trainable):
             part.train(mode)  # type: ignore[attr-defined]
 
     def prepare(self, examples: Sequence[Example]) -> None:
-        for _, part in self.parts:
-            if isinstance(part, Trainable):
-                part.prepare(examples)
+        """Only the trainable part fits on the training set: a frozen part keeps what it loaded (and may need no
+        training data at all, as a frozen imagine its pairs)."""
+        for _, part in self.trainable_parts():
+            part.prepare(examples)  # type: ignore[attr-defined]
 
     def has_loss(self) -> bool:
         part = self.trainable_part()

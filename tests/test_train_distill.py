@@ -169,3 +169,16 @@ def test_command_line_with_hidden_and_attention_terms(tmp_path):
     config = json.loads((output / "train_config.json").read_text())
     assert config["identity"]["distillation"]["teacher_imaginer"] == {"name": "given", "options": {"k": 2}}
     assert config["non_default_options"]["teacher_reader"] == "fid-tiny"
+
+
+def test_a_composite_prepares_only_its_trainable_part(plugins):
+    """imagine+hyperlora with imagine frozen (ImcQA's student): prepare fits hyperlora's whitening and asks the frozen
+    imagine for nothing (it has no pairs: it would refuse to find training targets)."""
+    examples = load_examples(plugins["datasets"].get("sample").build(), "train", None, "sample")
+    composite = plugins["imaginers"].get("imagine+hyperlora").build(
+        **{"imagine.model": "tiny-llama", "imagine.train": False, "imagine.max_new_tokens": 4, **{f"hyperlora.{k}": v for k, v in HYPERLORA.items()}}
+    )  # fmt: skip
+    composite.prepare(examples)
+    assert [name for name, _ in composite.trainable_parts()] == ["hyperlora"]
+    contexts = composite.imagine(examples[:2])
+    assert all(c.adapter is not None and c.passages[0].title == "imagined" for c in contexts)
