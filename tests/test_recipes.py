@@ -22,14 +22,6 @@ TRAIN_SMALL = ["--steps", "2", "--batch-size", "2", "--grad-accum", "1", "--warm
                "--save-every", "2", "--no-progress"]
 
 
-def has_teacher_options() -> bool:
-    sub = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
-    return {"teacher_reader", "teacher_imaginer", "alpha", "temperature"} <= {a.dest for a in sub._actions}
-
-
-needs_teacher = pytest.mark.skipif(not has_teacher_options(), reason="iagbench train has no --teacher-reader/--alpha yet")
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -42,8 +34,6 @@ def test_the_shipped_recipes_cover_every_row_and_expand_for_their_commands():
         assert recipe.path.parent == SHIPPED and recipe.description and recipe.row
         assert recipe.sha256 == hashlib.sha256(recipe.path.read_bytes()).hexdigest()
         for command in recipe.sections:
-            if command == "train" and "teacher_reader" in recipe.sections["train"] and not has_teacher_options():
-                continue
             argv, record = expand(parser, [command, "--recipe", name, *values])
             args = parser.parse_args(argv)  # every key is an option of the command, with a valid value
             assert record["name"] == name and args.reader
@@ -168,7 +158,6 @@ def test_imcqa_run_section_as_shipped(invoke_cli, tmp_path, teacher, hypernetwor
     assert {r["details"]["passages"] for r in records} == {{"imcqa-0": 0, "imcqa-1": 1, "imcqa-k": 2}[name]}
 
 
-@needs_teacher
 @pytest.mark.parametrize("name", ["imcqa-0", "imcqa-1", "imcqa-k"])
 def test_imcqa_distils_from_the_teacher_then_runs(invoke_cli, tmp_path, teacher, name):
     trained = tmp_path / "trained"
