@@ -8,7 +8,12 @@ passages of about `--tokens` tokens. The encoder runs once; then each decoder is
 `--repeats`) in two cases: the random model's own end token (rows seldom end: most decode
 `--max-new-tokens`), and rows end
 at different steps (the end token is the most frequent of the first answer tokens, so some rows
-stop after one or two tokens, as short answers do). Both decoders must give the same tokens.
+stop after one or two tokens, as short answers do). All decoders must give the same tokens.
+
+Columns: our loop (dynamic cache, finished rows leave the batch), transformers' `generate`, and
+the reader's `cache=static` decoder without and with `compile=true` (torch.compile, mode
+reduce-overhead on CUDA: CUDA graphs). The compiled decoder runs once untimed first (its compile
+time, printed); `--decoders` picks the columns.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from iagbench import Context, Example, Passage
 from iagbench_plugins.readers import t5_models
-from iagbench_plugins.readers.fid import FiDReader, greedy_decode_seq2seq
+from iagbench_plugins.readers.fid import FiDReader, StaticSeq2SeqDecoder, greedy_decode_seq2seq
 
 SHAPES = {
     "t5-small": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6, num_decoder_layers=6),
@@ -56,6 +61,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--decoders", default="own,generate,static,compiled", help="columns: own, generate, static, compiled")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,27 +72,48 @@ def main() -> None:
     examples = [Example(str(i), f"question number {i} about foxes", ("x",)) for i in range(args.batch)]
     contexts = [Context(tuple(Passage(text[j:] + text[:j], f"title {j}") for j in range(args.passages)))] * args.batch
     model, n = reader.model, args.max_new_tokens
+    decoders = args.decoders.split(",")
+    unknown = set(decoders) - {"own", "generate", "static", "compiled"}
+    if unknown:
+        parser.error(f"--decoders: unknown {sorted(unknown)}")
+    static = StaticSeq2SeqDecoder(model)
+    compiled = StaticSeq2SeqDecoder(model, compile=True)
+
+    def run(decoder: str, end: int) -> list[list[int]]:
+        if decoder == "own":
+            return greedy_decode_seq2seq(model, hidden, mask, start_id=reader.start_id, end_id=end, max_new_tokens=n)
+        if decoder == "generate":
+            sequences = model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=mask, max_new_tokens=n,
+                do_sample=False, num_beams=1, eos_token_id=end, pad_token_id=reader.pad_id,
+                decoder_start_token_id=reader.start_id)  # fmt: skip
+            return [full[: len(row)] for row, full in zip(reference, sequences[:, 1:].tolist())]  # generate pads finished rows
+        chosen = static if decoder == "static" else compiled
+        return chosen.decode_seq2seq(hidden, mask, start_id=reader.start_id, end_id=end, max_new_tokens=n)
+
     with torch.inference_mode():
         encode_s, encoded = best(lambda: reader.encode(examples, contexts), 1, args.device)
         hidden, mask = encoded.hidden, encoded.mask
         free = greedy_decode_seq2seq(model, hidden, mask, start_id=reader.start_id, end_id=reader.eos_id, max_new_tokens=n)
         early = Counter(token for row in free for token in row[:3]).most_common(1)[0][0]
+        compile_s = best(lambda: run("compiled", reader.eos_id), 1, args.device)[0] if "compiled" in decoders else None
         rows = []
         for case, end in (("random model's own ends", reader.eos_id), ("rows end early", early)):
-            ours_s, ours = best(lambda: greedy_decode_seq2seq(model, hidden, mask, start_id=reader.start_id, end_id=end,
-                                                              max_new_tokens=n), args.repeats, args.device)  # fmt: skip
-            generate_s, sequences = best(lambda: model.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=mask, max_new_tokens=n,
-                do_sample=False, num_beams=1, eos_token_id=end, pad_token_id=reader.pad_id,
-                decoder_start_token_id=reader.start_id), args.repeats, args.device)  # fmt: skip
-            same = all(row == full[: len(row)] for row, full in zip(ours, sequences[:, 1:].tolist()))
-            lengths = sorted(len(row) for row in ours)
-            rows.append([case, f"{lengths[0]}..{lengths[-1]} (mean {sum(lengths) / len(lengths):.1f})",
-                         f"{ours_s * 1000:.0f}", f"{generate_s * 1000:.0f}", same])  # fmt: skip
+            reference = greedy_decode_seq2seq(model, hidden, mask, start_id=reader.start_id, end_id=end, max_new_tokens=n)
+            row = [case]
+            lengths = sorted(len(tokens) for tokens in reference)
+            row.append(f"{lengths[0]}..{lengths[-1]} (mean {sum(lengths) / len(lengths):.1f})")
+            same = True
+            for decoder in decoders:
+                seconds, tokens = best(lambda: run(decoder, end), args.repeats, args.device)
+                row.append(f"{seconds * 1000:.0f}")
+                same &= tokens == reference
+            rows.append([*row, same])
     print(f"{args.shape}, {args.batch} questions x {args.passages} passages, encoder states {tuple(hidden.shape)}, "
-          f"{args.device} {args.dtype}; encoder {encode_s * 1000:.0f} ms")  # fmt: skip
-    print(tabulate(rows, headers=["case", "answer tokens", "own loop ms", "generate ms", "same tokens"]))
-
+          f"{args.device} {args.dtype}; encoder {encode_s * 1000:.0f} ms"
+          + (f"; compiled decoder's first run (compile) {compile_s:.1f} s" if compile_s is not None else ""))  # fmt: skip
+    names = {"own": "own loop ms", "generate": "generate ms", "static": "static cache ms", "compiled": "static+compiled ms"}
+    print(tabulate(rows, headers=["case", "answer tokens", *(names[d] for d in decoders), "same tokens"]))
 
 if __name__ == "__main__":
     main()

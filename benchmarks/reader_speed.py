@@ -5,6 +5,12 @@
 The baseline is what a user would write first: a "Question: q\\nAnswer:" prompt, batches of 16,
 16 new tokens, no answer extraction. Both use the same model weights on the same machine in the
 same process; the table shows seconds, questions/s and the scores of each.
+
+`--decoding` picks the reader's decoding modes, each a row per batch size: `dynamic` (the default:
+a dynamic cache, finished rows leave the batch), `static` (`cache=static`) and `compiled`
+(`cache=static,compile=true`: torch.compile, mode reduce-overhead on CUDA, i.e. CUDA graphs). Rows of
+the static modes are timed on a second pass over the questions; the first pass (compilation of
+every new shape included) is shown as "first pass s".
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ def baseline(reader: CausalLMReader, questions: list[str], batch_size: int, new_
     outputs: list[str] = []
     for start in range(0, len(questions), batch_size):
         prompts = [f"Question: {q}\nAnswer:" for q in questions[start : start + batch_size]]
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
         with torch.inference_mode():
             generated = model.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         outputs += tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -51,6 +57,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch-sizes", default="16,64", help="batch sizes to try for the iagbench reader")
     parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16 (bf16 is fast on CPUs with AMX)")
+    parser.add_argument("--decoding", default="dynamic,static,compiled", help="comma-separated: dynamic, static, compiled")
     args = parser.parse_args()
 
     plugins = load_plugins(builtins_only=True)
@@ -61,25 +68,40 @@ def main() -> None:
 
     rows = []
 
-    def measure(name: str, run) -> None:
+    modes = {"dynamic": {}, "static": {"cache": "static"}, "compiled": {"cache": "static", "compile": True}}
+    decoding = args.decoding.split(",")
+    if set(decoding) - set(modes):
+        parser.error(f"--decoding: unknown {sorted(set(decoding) - set(modes))}; expected some of {', '.join(modes)}")
+
+    def measure(name: str, run, warm_up: bool = False) -> None:
+        first_pass = ""
+        if warm_up:
+            started = time.perf_counter()
+            run()
+            first_pass = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
         predictions = run()
         seconds = time.perf_counter() - started
         em = 100 * sum(exact_match(p, e.answers) for p, e in zip(predictions, examples)) / len(examples)
         sub = 100 * sum(subspan_em(p, e.answers) for p, e in zip(predictions, examples)) / len(examples)
-        rows.append([name, round(seconds, 1), round(len(examples) / seconds, 2), round(em, 1), round(sub, 1)])
+        rows.append([name, round(seconds, 1), round(len(examples) / seconds, 2), round(em, 1), round(sub, 1), first_pass])
         print(rows[-1], flush=True)
 
     for dtype in args.dtypes.split(","):
-        reader = CausalLMReader(model=args.model, dtype=dtype)
         first = len(rows)
         questions = [e.question for e in examples]
-        measure(f"{dtype}: plain generate loop (batch 16, 16 new tokens)", lambda: baseline(reader, questions, 16, 16))
-        for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-            measure(f"{dtype}: iagbench causal-lm reader (batch {batch_size})", lambda: ours(reader, examples, batch_size))
+        for mode in decoding:
+            reader = CausalLMReader(model=args.model, dtype=dtype, **modes[mode])
+            if len(rows) == first:
+                measure(f"{dtype}: plain generate loop (batch 16, 16 new tokens)", lambda: baseline(reader, questions, 16, 16))
+            for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+                measure(f"{dtype}: iagbench causal-lm reader, {mode} (batch {batch_size})",
+                        lambda: ours(reader, examples, batch_size), warm_up=mode != "dynamic")  # fmt: skip
+            del reader
         for row in rows[first + 1 :]:
             row.append(f"{rows[first][1] / row[1]:.2f}x")
-    print(tabulate(rows, headers=["method", "seconds", "questions/s", "em", "subspan_em", "speed-up"], tablefmt="github"))
+    headers = ["method", "seconds", "questions/s", "em", "subspan_em", "first pass s", "speed-up"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
 
 
 if __name__ == "__main__":

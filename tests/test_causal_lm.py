@@ -1,4 +1,5 @@
-"""The causal-lm reader: decoding equals transformers' generate, prefix caching changes nothing, prompts, models."""
+"""The causal-lm reader: decoding equals transformers' generate, prefix caching and the static cache (compiled or not)
+change nothing, prompts, models."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage
+from iagbench_plugins.hyperlora.adapters import LoRAAdapter, target_modules
 from iagbench_plugins.readers.causal_lm import CausalLMReader, shared_prefix_length
 from iagbench_plugins.readers.decoding import greedy_decode, stop_token_ids
 from iagbench_plugins.readers.models import PRESETS, resolve_model
@@ -200,3 +202,90 @@ def test_passage_tokens_caps_each_passage() -> None:
     prompt, info = reader.fit("q", [Passage("0123456789abcdef", "T"), Passage("short", "U")])
     assert "0123456789" in prompt and "0123456789a" not in prompt and "short" in prompt
     assert info["passages_cut"] == [0] and info["passages_in_prompt"] == 2
+
+
+# ---- cache=static, compile=true ----
+
+
+@pytest.fixture(scope="module")
+def tiny_static() -> CausalLMReader:
+    return CausalLMReader(model="tiny-llama", max_new_tokens=6, cache="static")
+
+
+def random_llama_adapter(reader: CausalLMReader, seed: int, rank: int = 4) -> LoRAAdapter:
+    generator = torch.Generator().manual_seed(seed)
+    targets = ("q_proj", "v_proj", "down_proj")
+    modules = target_modules(reader.model, targets)
+    a, b = {}, {}
+    for kind in targets:
+        layers = sorted(layer for k, layer in modules if k == kind)
+        linear = modules[(kind, layers[0])]
+        a[kind] = torch.randn(len(layers), linear.in_features, rank, generator=generator) * 0.3
+        b[kind] = torch.randn(len(layers), rank, linear.out_features, generator=generator) * 0.3
+    return LoRAAdapter(a, b)
+
+
+def test_static_cache_decoding_equals_the_default(tiny: CausalLMReader, tiny_static: CausalLMReader) -> None:
+    tokenizer = tiny.tokenizer
+    encoded = tokenizer(QUESTIONS, return_tensors="pt", padding=True)  # mixed prompt lengths, left padding
+    decoder = tiny_static._static
+    with torch.inference_mode():
+        free = greedy_decode(tiny.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=())
+        assert decoder.decode(encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=()) == free
+        ends = {row[2] for row in free}  # rows end at different steps; finished rows stay in the static batch
+        stopped = greedy_decode(tiny.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=ends)
+        assert decoder.decode(encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=ends) == stopped
+    assert len({len(row) for row in stopped}) > 1
+    contexts = [Context()] * len(QUESTIONS)
+    for prefix_cache in (True, False):  # the shared prefix copied into the static cache, or the whole prompt
+        tiny.prefix_cache = tiny_static.prefix_cache = prefix_cache
+        assert [a.raw for a in tiny_static.answer(examples(), contexts)] == [a.raw for a in tiny.answer(examples(), contexts)]
+    tiny.prefix_cache = tiny_static.prefix_cache = True
+    # Another batch size (a new cache), then the first again with a longer prompt (the cache grows).
+    assert [a.raw for a in tiny_static.answer(examples()[:2], contexts[:2])] == [a.raw for a in tiny.answer(examples()[:2], contexts[:2])]
+    passages = [Context(passages=(Passage("Homer wrote it. " * 6, "Iliad"),))] * len(QUESTIONS)
+    assert [a.raw for a in tiny_static.answer(examples(), passages)] == [a.raw for a in tiny.answer(examples(), passages)]
+
+
+def test_static_cache_with_adapters_equals_the_default(tiny: CausalLMReader, tiny_static: CausalLMReader) -> None:
+    contexts = [Context(adapter=random_llama_adapter(tiny, seed)) for seed in range(len(QUESTIONS))]
+    expected = [a.raw for a in tiny.answer(examples(), contexts)]
+    assert [a.raw for a in tiny_static.answer(examples(), contexts)] == expected
+    assert expected != [a.raw for a in tiny.answer(examples(), [Context()] * len(QUESTIONS))]  # the adapters matter
+
+
+def test_decoding_mode_is_recorded_and_the_default_record_is_unchanged(tiny: CausalLMReader, tiny_static: CausalLMReader) -> None:
+    default = tiny.describe()
+    assert default["decoding"] == "greedy" and "cache" not in default and "compile" not in default
+    static = tiny_static.describe()
+    assert static["decoding"] == "greedy (static cache)" and static["cache"] == "static" and static["compile"] is False
+    assert {k: v for k, v in static.items() if k not in ("decoding", "cache", "compile")} == {
+        k: v for k, v in default.items() if k != "decoding"
+    }
+
+
+def test_compiled_static_decoding_equals_the_default(tiny: CausalLMReader) -> None:
+    """torch.compile (inductor, mode default on the CPU) for real, once: about 45 s on a busy 2-core CPU
+    while inductor's on-disk cache is cold, 8-20 s once it is warm."""
+    reader = CausalLMReader(model="tiny-llama", max_new_tokens=6, cache="static", compile=True)
+    assert reader.describe()["decoding"] == "greedy (static cache, torch.compile mode=default)"
+    assert reader.describe()["compile"] is True
+    contexts = [Context()] * len(QUESTIONS)
+    assert [a.raw for a in reader.answer(examples(), contexts)] == [a.raw for a in tiny.answer(examples(), contexts)]
+    adapters = [Context(adapter=random_llama_adapter(tiny, 0))]
+    with pytest.raises(ConfigurationError, match="compile=true cannot decode with adapters"):
+        reader.answer(examples()[:1], adapters)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cache": "paged"}, "cache='paged': expected one of dynamic, static"),
+        ({"compile": True}, "compile=true needs cache=static"),
+        ({"cache": "static", "compile": "yes"}, "compile='yes': expected true or false"),
+        ({"cache": "static", "compile": True, "lora_rank": 2}, "compile=true with lora_rank"),
+    ],
+)
+def test_bad_decoding_options_are_refused(options, message) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        CausalLMReader(model="tiny-llama", **options)

@@ -137,6 +137,49 @@ def test_closed_book_batch(reader):
     assert [a.raw for a in answers] == [reader.answer([e], [Context()])[0].raw for e in EXAMPLES]
 
 
+def test_static_cache_decoding_equals_the_default(reader):
+    static = FiDReader(model="fid-tiny", text_maxlength=MAXLEN, max_new_tokens=MAX_NEW, cache="static")
+    assert [a.raw for a in static.answer(EXAMPLES, CONTEXTS)] == [a.raw for a in reader.answer(EXAMPLES, CONTEXTS)]
+    with torch.inference_mode():
+        encoded = reader.encode(EXAMPLES, CONTEXTS)
+        free = greedy_decode_seq2seq(reader.model, encoded.hidden, encoded.mask, start_id=reader.start_id,
+                                     end_id=-1, max_new_tokens=MAX_NEW)  # fmt: skip
+        end = free[2][1]  # rows end at different steps; finished rows stay in the static batch
+        stopped = greedy_decode_seq2seq(reader.model, encoded.hidden, encoded.mask, start_id=reader.start_id,
+                                        end_id=end, max_new_tokens=MAX_NEW)  # fmt: skip
+        assert static._static.decode_seq2seq(encoded.hidden, encoded.mask, start_id=reader.start_id, end_id=end,
+                                             max_new_tokens=MAX_NEW) == stopped  # fmt: skip
+    assert len({len(row) for row in stopped}) > 1
+    # Another batch size (new caches), then closed book (narrower encoder states: the kept caches are reused).
+    assert [a.raw for a in static.answer(EXAMPLES[:2], CONTEXTS[:2])] == [a.raw for a in reader.answer(EXAMPLES[:2], CONTEXTS[:2])]
+    closed = [Context()] * len(EXAMPLES)
+    assert [a.raw for a in static.answer(EXAMPLES, closed)] == [a.raw for a in reader.answer(EXAMPLES, closed)]
+    record = static.describe()
+    assert record["decoding"] == "greedy (static cache)" and record["cache"] == "static" and record["compile"] is False
+    assert "cache" not in reader.describe() and reader.describe()["decoding"] == "greedy"  # the default's record is unchanged
+
+
+def test_static_cache_with_adapters_equals_the_default(reader):
+    from iagbench_plugins.hyperlora.adapters import LoRAAdapter, target_modules
+
+    targets = ("enc_q", "dec_v", "cross_q")
+    modules = target_modules(reader.model, targets)
+    contexts = []
+    for seed in range(len(EXAMPLES)):
+        generator = torch.Generator().manual_seed(seed)
+        a, b = {}, {}
+        for kind in targets:
+            layers = sorted(layer for k, layer in modules if k == kind)
+            linear = modules[(kind, layers[0])]
+            a[kind] = torch.randn(len(layers), linear.in_features, 3, generator=generator) * 0.5
+            b[kind] = torch.randn(len(layers), 3, linear.out_features, generator=generator) * 0.5
+        contexts.append(Context(CONTEXTS[seed].passages, adapter=LoRAAdapter(a, b)))
+    static = FiDReader(model="fid-tiny", text_maxlength=MAXLEN, max_new_tokens=MAX_NEW, cache="static")
+    expected = [a.raw for a in reader.answer(EXAMPLES, contexts)]
+    assert [a.raw for a in static.answer(EXAMPLES, contexts)] == expected
+    assert expected != [a.raw for a in reader.answer(EXAMPLES, CONTEXTS)]  # the adapters matter
+
+
 def test_beam_search_is_batch_independent_and_recorded():
     beams = FiDReader(model="fid-tiny", text_maxlength=MAXLEN, max_new_tokens=MAX_NEW, num_beams=3)
     together = [a.raw for a in beams.answer(EXAMPLES, CONTEXTS)]
@@ -232,6 +275,9 @@ def test_model_folders_plain_and_fid_checkpoint_load_the_same_model(reader, tmp_
         ({"text_maxlength": 0}, "text_maxlength=0"),
         ({"max_new_tokens": True}, "max_new_tokens=True"),
         ({"num_beams": 0}, "num_beams=0"),
+        ({"cache": "static", "num_beams": 2}, "cache=static decodes greedily: num_beams=2"),
+        ({"cache": "dynamic", "compile": True}, "compile=true needs cache=static"),
+        ({"cache": "static", "compile": True, "lora_rank": 2}, "compile=true with lora_rank"),
         ({"model": "./no/such/folder"}, "does not exist"),
     ],
 )

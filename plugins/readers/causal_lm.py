@@ -10,7 +10,7 @@ from typing import Any
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 from iagbench.components import Trainable
 
-from .decoding import cache_keyword, greedy_decode, stop_token_ids
+from .decoding import CACHE_MODES, StaticDecoder, cache_keyword, greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
 from .prompts import get_template
 
@@ -59,10 +59,15 @@ class CausalLMReader(Reader, Trainable):
         passage_tokens: int | None = None,
         lora_rank: int = 0,
         checkpoint: str | None = None,
+        cache: str = "dynamic",
+        compile: bool = False,
         seed: int = 0,
     ):
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigurationError(f"reader option max_new_tokens={max_new_tokens!r}: expected a positive integer")
+        check_decoding_options(cache, compile)
+        if compile and lora_rank:
+            raise ConfigurationError("reader option compile=true with lora_rank: not supported (use compile=false)")
         self.template = get_template(prompt)
         self.source = resolve_model(model)
         self.device = pick_device(device)
@@ -96,9 +101,11 @@ class CausalLMReader(Reader, Trainable):
 
             load_trainable(self, checkpoint, "reader")
         self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
+        self.cache = cache
+        self._static = StaticDecoder(self.model, compile=compile) if cache == "static" else None
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info = {
             "model": self.model_info,
             "prompt": self.template.describe(),
             "chat_template": self.chat,
@@ -112,6 +119,9 @@ class CausalLMReader(Reader, Trainable):
             "lora_rank": self.lora_rank,
             "checkpoint": self.checkpoint,
         }
+        if self._static is not None:  # the default (dynamic cache) keeps its old record, so old runs keep their identity
+            info.update(decoding_record(self._static))
+        return info
 
     def trainable_module(self) -> Any:
         return self._peft
@@ -213,6 +223,19 @@ class CausalLMReader(Reader, Trainable):
             "input_ids": torch.tensor(input_ids, device=self.device),
             "attention_mask": torch.tensor(mask, device=self.device),
         }
+        if self._static is not None:
+            if adapters is not None and self._static.compile:
+                raise ConfigurationError(
+                    "reader option compile=true cannot decode with adapters (per-example LoRA, e.g. from hyperlora): "
+                    "use compile=false (cache=static works with adapters)"
+                )
+            prefix = self._prefix_entry(tuple(ids[0][:shared])) if shared else None
+            with torch.inference_mode(), self._lora_active(adapters):
+                new_tokens = self._static.decode(
+                    inputs["input_ids"], inputs["attention_mask"], max_new_tokens=self.max_new_tokens, end_ids=self.end_ids,
+                    prefix=prefix,
+                )  # fmt: skip
+            return [self.cut(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         cache = self._prefix_cache(tuple(ids[0][:shared]), len(ids)) if shared else None
         with torch.inference_mode(), self._lora_active(adapters) as lora:
             new_tokens = greedy_decode(
@@ -261,15 +284,35 @@ class CausalLMReader(Reader, Trainable):
 
     def _prefix_cache(self, prefix: tuple[int, ...], batch: int) -> Any:
         """The key/value cache of ``prefix``, computed once and copied out for a batch."""
+        cache = copy.deepcopy(self._prefix_entry(prefix))
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    def _prefix_entry(self, prefix: tuple[int, ...]) -> Any:
+        """The one-row (dynamic) key/value cache of ``prefix``, computed once while the prefix stays the same."""
         import torch
 
         if self._prefix is None or self._prefix[0] != prefix:
             with torch.inference_mode():
                 output = self.model(torch.tensor([prefix], device=self.device), use_cache=True)
             self._prefix = (prefix, getattr(output, self._cache_key))
-        cache = copy.deepcopy(self._prefix[1])
-        cache.batch_repeat_interleave(batch)
-        return cache
+        return self._prefix[1]
+
+
+def check_decoding_options(cache: str, compile: Any) -> None:
+    """``cache=dynamic|static``, ``compile=false|true`` (compile needs the static cache)."""
+    if cache not in CACHE_MODES:
+        raise ConfigurationError(f"reader option cache={cache!r}: expected one of {', '.join(CACHE_MODES)}")
+    if not isinstance(compile, bool):
+        raise ConfigurationError(f"reader option compile={compile!r}: expected true or false")
+    if compile and cache != "static":
+        raise ConfigurationError("reader option compile=true needs cache=static (a dynamic cache changes shape every step)")
+
+
+def decoding_record(decoder: StaticDecoder) -> dict[str, Any]:
+    """What a static-cache decoder adds to ``describe()``."""
+    compiled = f", torch.compile mode={decoder.mode()}" if decoder.compile else ""
+    return {"decoding": f"greedy (static cache{compiled})", "cache": "static", "compile": decoder.compile}
 
 
 MIN_SHARED_PREFIX = 8

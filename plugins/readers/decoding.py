@@ -3,6 +3,10 @@
 `transformers`' `generate` keeps finished rows in the batch until the longest one ends; for short
 answers most rows finish after a few tokens, so dropping them (key/value cache included) saves most
 of the decoding work. Outputs equal `generate(do_sample=False)` up to the stop rule (tested).
+
+`StaticDecoder` (the reader's ``cache=static``, ``compile=true``) is the other way round: fixed
+shapes (a preallocated `StaticCache`, finished rows kept) so the decode step can be compiled and, on
+CUDA, replayed as a CUDA graph. Same outputs (tested).
 """
 
 from __future__ import annotations
@@ -78,3 +82,125 @@ def greedy_decode(
 def cache_keyword(model: Any) -> str:
     """The name transformers uses for the key/value cache argument ('cache' in 5.2x, before: 'past_key_values')."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+# ---- static cache (cache=static, compile=true) ----
+
+CACHE_MODES = ("dynamic", "static")
+STATIC_CACHE_BUCKET = 64  # static caches are sized in steps of this many tokens, so few shapes get compiled
+
+
+def static_cache_length(tokens: int) -> int:
+    """``tokens`` rounded up to a multiple of ``STATIC_CACHE_BUCKET``."""
+    return -(-tokens // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
+
+
+class StaticDecoder:
+    """Greedy decoding with a transformers ``StaticCache`` and, optionally, a ``torch.compile``'d decode step.
+
+    The cache is preallocated for batch x (prompt + max_new_tokens), rounded up to
+    ``STATIC_CACHE_BUCKET``, and kept for the next batch of the same size that fits (reset, not
+    reallocated: its tensors keep their addresses, which CUDA graphs need). Every step has the same
+    shapes: one token per row, positions, and the attention mask over the whole cache (prompt mask,
+    then ones: the causal mask hides the slots not yet written). Finished rows stay in the batch,
+    their further tokens discarded, so outputs equal ``greedy_decode``'s with the same stop rule.
+    The prompt (prefill) runs uncompiled, as in transformers' ``generate``. ``compile=True``
+    compiles the model's call with mode ``reduce-overhead`` (CUDA graphs) on CUDA, ``default``
+    elsewhere, as transformers' ``get_compiled_call`` does for a static cache.
+    """
+
+    def __init__(self, model: Any, *, compile: bool = False):
+        self.model = model
+        self.compile = compile
+        self.cache_key = cache_keyword(model)
+        self.cache: Any = None
+        self._step: Callable[..., Any] | None = None
+
+    def mode(self) -> str:
+        """The compile mode (``reduce-overhead`` on CUDA) or ``none``."""
+        if not self.compile:
+            return "none"
+        return "reduce-overhead" if self.model.device.type == "cuda" else "default"
+
+    def step_function(self) -> Callable[..., Any]:
+        if self._step is None:
+            if self.compile:
+                from transformers import CompileConfig
+
+                self._step = self.model.get_compiled_call(CompileConfig(mode=self.mode()))
+            else:
+                self._step = self.model.__call__
+        return self._step
+
+    def static_cache(self, batch: int, length: int) -> Any:
+        """A reset cache for ``batch`` rows and at least ``length`` tokens (the last one again if it fits)."""
+        from transformers import StaticCache
+
+        cache = self.cache
+        if cache is None or cache.layers[0].max_cache_len < length or not cache.is_initialized or cache.batch_size != batch:
+            self.cache = None  # free the old one first
+            cache = StaticCache(config=self.model.config, max_cache_len=static_cache_length(length))
+            dtype = self.model.dtype
+            cache.early_initialization(batch, *self._heads(), dtype=dtype, device=self.model.device)
+            self.cache = cache
+        else:
+            cache.reset()
+        return cache
+
+    def _heads(self) -> tuple[int, int]:
+        config = self.model.config.get_text_config(decoder=True)
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return heads, head_dim
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        end_ids: Collection[int],
+        prefix: Any = None,
+    ) -> list[list[int]]:
+        """New token ids per row, as ``greedy_decode``. ``prefix``: a one-row cache of the first columns of ``input_ids``."""
+        rows, width = input_ids.shape
+        shared = prefix.get_seq_length() if prefix is not None else 0
+        cache = self.static_cache(rows, width + max_new_tokens)
+        if shared:
+            for layer, source in zip(cache.layers, prefix.layers):
+                layer.keys[:, :, :shared].copy_(source.keys.expand(rows, -1, -1, -1))
+                layer.values[:, :, :shared].copy_(source.values.expand(rows, -1, -1, -1))
+                layer.cumulative_length.fill_(shared)
+        length = cache.layers[0].max_cache_len
+        mask = attention_mask.new_ones((rows, length))
+        mask[:, :width] = attention_mask
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        end = torch.tensor(sorted(end_ids), dtype=torch.long, device=input_ids.device)
+        tokens = input_ids.new_zeros((rows, max_new_tokens))
+        done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+        output = self.model(  # the prompt: uncompiled, its shape changes from batch to batch
+            input_ids=input_ids[:, shared:], attention_mask=mask, position_ids=positions[:, shared:],
+            use_cache=True, logits_to_keep=1, **{self.cache_key: cache},
+        )  # fmt: skip
+        step = self.step_function()
+        position = positions[:, -1:]
+        steps = 0
+        for index in range(max_new_tokens):
+            next_ids = output.logits[:, -1, :].argmax(dim=-1)
+            tokens[:, index] = next_ids
+            steps = index + 1
+            if len(end):
+                done |= torch.isin(next_ids, end)
+            if index + 1 == max_new_tokens or bool(done.all()):
+                break
+            position = position + 1
+            output = step(
+                input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
+                use_cache=True, logits_to_keep=1, **{self.cache_key: cache},
+            )  # fmt: skip
+        generated = []
+        end_set = set(end.tolist())
+        for row in tokens[:, :steps].tolist():
+            stop = next((i for i, token in enumerate(row) if token in end_set), None)
+            generated.append(row if stop is None else row[: stop + 1])
+        return generated

@@ -18,6 +18,8 @@ Decoding. Greedy by default, with our own loop over the decoder (self-attention 
 cross-attention keys and values computed once) that drops each row as soon as it ends, so a batch
 costs what its longest answer costs for that row only; ``num_beams > 1`` uses transformers'
 ``generate`` beam search over the same encoder outputs. Greedy outputs equal ``generate``'s (tested).
+``cache=static`` (``StaticSeq2SeqDecoder``) decodes greedily with static self- and cross-attention
+caches, ``compile=true`` with a ``torch.compile``'d decoder step; same answers (tested).
 
 Training. ``trainable_module()`` is the whole T5 (``train=full``, FiD's fine-tuning), a peft LoRA
 (``lora_rank=R``, ``train=lora``: the LoRA baseline, on ``q`` and ``v`` of every attention block,
@@ -48,7 +50,7 @@ from iagbench import Answer, ConfigurationError, Context, Example, Passage, Read
 from iagbench.components import Trainable
 
 from .causal_lm import pick_device, pick_dtype
-from .decoding import cache_keyword
+from .decoding import StaticDecoder, cache_keyword, static_cache_length
 from .t5_models import load_t5, resolve_t5
 
 TRAIN_MODES = ("full", "lora", "none")
@@ -115,8 +117,17 @@ class FiDReader(Reader, Trainable):
         gradient_checkpointing: bool = False,
         tokenizer: str | None = None,
         checkpoint: str | None = None,
+        cache: str = "dynamic",
+        compile: bool = False,
         seed: int = 0,
     ):
+        from .causal_lm import check_decoding_options
+
+        check_decoding_options(cache, compile)
+        if cache == "static" and num_beams != 1:
+            raise ConfigurationError(f"reader option cache=static decodes greedily: num_beams={num_beams} needs cache=dynamic")
+        if compile and lora_rank:
+            raise ConfigurationError("reader option compile=true with lora_rank: not supported (use compile=false)")
         for name, value in (("text_maxlength", text_maxlength), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
             _check_positive(name, value)
         if text_maxlength < 2:
@@ -175,11 +186,13 @@ class FiDReader(Reader, Trainable):
             # The checkpoint holds the whole T5 (trained with train=full) or, with lora_rank, the LoRA weights;
             # it loads whatever train= is now.
             self.checkpoint = str(load_trainable(_WholeModel(self), checkpoint, "reader"))
+        self.cache = cache
+        self._static = StaticSeq2SeqDecoder(self.model, compile=compile) if cache == "static" else None
 
     # ---- Reader ----
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info = {
             "model": self.model_info,
             "input_format": self.format.describe(),
             "text_maxlength": self.text_maxlength,
@@ -195,6 +208,11 @@ class FiDReader(Reader, Trainable):
             "gradient_checkpointing": self.gradient_checkpointing,
             "checkpoint": self.checkpoint,
         }
+        if self._static is not None:  # the default (dynamic cache) keeps its old record, so old runs keep their identity
+            from .causal_lm import decoding_record
+
+            info.update(decoding_record(self._static))
+        return info
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
         import torch
@@ -202,9 +220,18 @@ class FiDReader(Reader, Trainable):
         if not examples:
             return []
         adapters = self._adapters(contexts)
+        if adapters is not None and self._static is not None and self._static.compile:
+            raise ConfigurationError(
+                "reader option compile=true cannot decode with adapters (per-example LoRA, e.g. from hyperlora): "
+                "use compile=false (cache=static works with adapters)"
+            )
         with torch.inference_mode(), self._lora_active(adapters) as lora:
             encoded = self.encode(examples, contexts, lora)
-            if self.num_beams == 1:
+            if self._static is not None:
+                tokens = self._static.decode_seq2seq(
+                    encoded.hidden, encoded.mask, start_id=self.start_id, end_id=self.eos_id, max_new_tokens=self.max_new_tokens
+                )  # fmt: skip
+            elif self.num_beams == 1:
                 tokens = greedy_decode_seq2seq(
                     self.model, encoded.hidden, encoded.mask, start_id=self.start_id, end_id=self.eos_id,
                     max_new_tokens=self.max_new_tokens, on_select=lora.select if lora is not None else None,
@@ -461,6 +488,75 @@ def greedy_decode_seq2seq(
                 on_select(keep)
         step_ids = next_ids[:, None]
     return generated
+
+
+class StaticSeq2SeqDecoder(StaticDecoder):
+    """Greedy answers over given encoder states with a static decoder cache (``cache=static``), optionally compiled.
+
+    The decoder's self-attention cache is a ``StaticCache`` of ``max_new_tokens`` slots, its
+    cross-attention cache a ``StaticCache`` as wide as the encoder states, both rounded up to
+    ``STATIC_CACHE_BUCKET``: the encoder states and their mask are padded with masked zeros to that
+    width (T5's cross-attention has no position bias, so masked columns change nothing). Both are
+    kept for the next batch of the same size that fits. The first step (the decoder start token,
+    which also fills the cross-attention cache) runs uncompiled; every later step has the same
+    shapes. Finished rows stay in the batch; outputs equal ``greedy_decode_seq2seq``'s.
+    """
+
+    def static_cache(self, batch: int, length: int, width: int = 0) -> Any:
+        from transformers import EncoderDecoderCache, StaticCache
+
+        cache = self.cache
+        if (
+            cache is None
+            or cache.self_attention_cache.batch_size != batch
+            or cache.self_attention_cache.layers[0].max_cache_len < length
+            or cache.cross_attention_cache.layers[0].max_cache_len < width
+        ):
+            self.cache = None
+            config, dtype, device = self.model.config, self.model.dtype, self.model.device
+            heads = (config.num_heads, config.d_kv)
+            own = StaticCache(config=config, max_cache_len=static_cache_length(length))
+            cross = StaticCache(config=config, max_cache_len=static_cache_length(width))
+            for part in (own, cross):
+                part.early_initialization(batch, *heads, dtype=dtype, device=device)
+            cache = self.cache = EncoderDecoderCache(own, cross)
+        else:
+            cache.reset()
+        return cache
+
+    def decode_seq2seq(self, hidden: Any, mask: Any, *, start_id: int, end_id: int, max_new_tokens: int) -> list[list[int]]:
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        rows, width = mask.shape
+        cache = self.static_cache(rows, max_new_tokens, width)
+        padded_width = cache.cross_attention_cache.layers[0].max_cache_len
+        if padded_width > width:
+            hidden = torch.cat([hidden, hidden.new_zeros((rows, padded_width - width, hidden.shape[-1]))], dim=1)
+            mask = torch.cat([mask, mask.new_zeros((rows, padded_width - width))], dim=1)
+        encoder_outputs = BaseModelOutput(last_hidden_state=hidden)
+        tokens = torch.zeros((rows, max_new_tokens), dtype=torch.long, device=hidden.device)
+        done = torch.zeros(rows, dtype=torch.bool, device=hidden.device)
+        step_ids = torch.full((rows, 1), start_id, dtype=torch.long, device=hidden.device)
+        call = self.model.__call__  # the first step fills the cross-attention cache: uncompiled
+        steps = 0
+        for index in range(max_new_tokens):
+            output = call(
+                encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=step_ids, use_cache=True,
+                **{self.cache_key: cache},
+            )  # fmt: skip
+            call = self.step_function()
+            next_ids = output.logits[:, -1, :].argmax(dim=-1)
+            tokens[:, index] = next_ids
+            steps = index + 1
+            done |= next_ids == end_id
+            if bool(done.all()):
+                break
+            step_ids = next_ids[:, None]
+        generated = []
+        for row in tokens[:, :steps].tolist():
+            generated.append(row[: row.index(end_id) + 1] if end_id in row else row)
+        return generated
 
 
 def _check_positive(name: str, value: Any) -> None:
