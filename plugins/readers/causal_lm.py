@@ -10,6 +10,7 @@ from typing import Any
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 from iagbench.components import Trainable
 
+from .adapter_host import AdapterHost
 from .decoding import CACHE_MODES, StaticDecoder, cache_keyword, greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
 from .prompts import get_template
@@ -36,7 +37,7 @@ def pick_dtype(dtype: str, device: str) -> Any:
         raise ConfigurationError(f"reader option dtype={dtype!r}: expected auto, bf16, fp16 or fp32") from None
 
 
-class CausalLMReader(Reader, Trainable):
+class CausalLMReader(AdapterHost, Reader, Trainable):
     """Reads the question (and passages, adapters, when the imaginer gives them) and generates a short answer.
 
     Adapters (per-example LoRA weights, e.g. from `hyperlora`) are applied to every row of a batch
@@ -90,7 +91,6 @@ class CausalLMReader(Reader, Trainable):
         self.prefix_cache = bool(prefix_cache)
         self._cache_key = cache_keyword(self.model)
         self._prefix: tuple[tuple[int, ...], Any] | None = None
-        self._lora: Any = None  # BatchedLoRA hooks, made at the first batch with adapters
         self.lora_rank = lora_rank
         self._peft = add_peft_lora(self, lora_rank) if lora_rank else None
         self.checkpoint = checkpoint
@@ -187,21 +187,6 @@ class CausalLMReader(Reader, Trainable):
         fitted = self.fitted_prompts(examples, contexts)
         generated = self.generate([prompt for prompt, _ in fitted], self._adapters(contexts))
         return [Answer(self.template.answer(text), raw=text, details=info) for text, (_, info) in zip(generated, fitted)]
-
-    def _adapters(self, contexts: Sequence[Context]) -> list[Any] | None:
-        from iagbench_plugins.hyperlora.adapters import BatchedLoRA, batch_adapters
-
-        adapters = batch_adapters(contexts)
-        if adapters is not None and self._lora is None:
-            self._lora = BatchedLoRA(self.model, sorted(adapters[0].a))
-        return adapters
-
-    def _lora_active(self, adapters: list[Any] | None) -> Any:
-        import contextlib
-
-        if adapters is None:
-            return contextlib.nullcontext(None)
-        return self._lora.active(adapters, dtype=self.dtype, device=self.device)
 
     def generate(self, prompts: Sequence[str], adapters: list[Any] | None = None) -> list[str]:
         """Greedy continuations of ``prompts``, stopped at the template's stop strings or end of sequence.

@@ -49,6 +49,7 @@ from typing import Any
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 from iagbench.components import Trainable
 
+from .adapter_host import AdapterHost
 from .causal_lm import pick_device, pick_dtype
 from .decoding import StaticDecoder, cache_keyword, static_cache_length
 from .t5_models import load_t5, resolve_t5
@@ -96,7 +97,7 @@ class Encoded:
     info: list[dict[str, Any]]  # per example: passages, passages cut at text_maxlength, tokens
 
 
-class FiDReader(Reader, Trainable):
+class FiDReader(AdapterHost, Reader, Trainable):
     """T5 Fusion-in-Decoder: passages encoded one by one, read together by the decoder."""
 
     accepts = frozenset({"passages", "adapter"})
@@ -178,7 +179,6 @@ class FiDReader(Reader, Trainable):
             enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
             enable()
         self._cache_key = cache_keyword(self.model)
-        self._lora: Any = None  # BatchedLoRA hooks, made at the first batch with adapters
         self.checkpoint = None
         if checkpoint:
             from iagbench.checkpoints import load_trainable
@@ -295,25 +295,13 @@ class FiDReader(Reader, Trainable):
 
     # ---- adapters ----
 
-    def _adapters(self, contexts: Sequence[Context]) -> list[Any] | None:
-        from iagbench_plugins.hyperlora.adapters import BatchedLoRA, batch_adapters
-
-        adapters = batch_adapters(contexts)
-        if adapters is not None and self._lora is None:
-            self._lora = BatchedLoRA(self.model, sorted(adapters[0].a))
-        return adapters
-
     def _lora_active(self, adapters: list[Any] | None) -> Any:
-        import contextlib
-
         import torch
 
-        if adapters is None:
-            return contextlib.nullcontext(None)
-        if self.gradient_checkpointing and self.model.training and torch.is_grad_enabled():
+        if adapters is not None and self.gradient_checkpointing and self.model.training and torch.is_grad_enabled():
             # Checkpointed layers run again during backward, after the adapters' block has ended.
             raise ConfigurationError("reader option gradient_checkpointing=true cannot train through adapters: turn it off")
-        return self._lora.active(adapters, dtype=self.dtype, device=self.device)
+        return super()._lora_active(adapters)
 
     # ---- decoding ----
 
