@@ -294,23 +294,26 @@ def command_index(args: argparse.Namespace, plugins: Plugins) -> int:
 def command_retrieve(args: argparse.Namespace, plugins: Plugins) -> int:
     from .retrieve_commands import retrieve
 
+    print(json.dumps(retrieve(plugins, **passage_job_options(args)), indent=2))
+    return 0
+
+
+def passage_job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What `retrieve` and `compress` share: questions of a split, an imaginer, an output file, progress and log."""
     if args.limit is not None and args.limit < 1:
         raise ConfigurationError(f"--limit {args.limit}: expected a positive integer")
-    summary = retrieve(
-        plugins,
-        dataset=args.dataset,
-        dataset_options=dataset_options(args),
-        split=args.split,
-        imaginer=args.imaginer,
-        imaginer_options=parse_options(args.imaginer_args, flag="--imaginer-args"),
-        output=args.output,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        log=_log,
-    )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return {
+        "dataset": args.dataset,
+        "dataset_options": dataset_options(args),
+        "split": args.split,
+        "imaginer": args.imaginer,
+        "imaginer_options": parse_options(args.imaginer_args, flag="--imaginer-args"),
+        "output": args.output,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+        "log": _log,
+    }
 
 
 def _log(message: str) -> None:

@@ -42,26 +42,10 @@ def add_compress_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def command_compress(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .cli import _log, dataset_options
-    from .options import parse_options
+    from .cli import passage_job_options
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigurationError(f"--limit {args.limit}: expected a positive integer")
-    summary = compress(
-        plugins,
-        dataset=args.dataset,
-        dataset_options=dataset_options(args),
-        split=args.split,
-        imaginer=args.imaginer,
-        imaginer_options=parse_options(args.imaginer_args, flag="--imaginer-args"),
-        output=args.output,
-        compressor_options={"model": args.model, "target_tokens": args.target_tokens, "granularity": args.granularity},
-        limit=args.limit,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        log=_log,
-    )
-    print(json.dumps(summary, indent=2))
+    compressor = {"model": args.model, "target_tokens": args.target_tokens, "granularity": args.granularity}
+    print(json.dumps(compress(plugins, **passage_job_options(args), compressor_options=compressor), indent=2))
     return 0
 
 
