@@ -32,7 +32,7 @@ class SentenceEncoder:
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(name_or_path, device=device)
-        self.dims = self.model.get_sentence_embedding_dimension()
+        self.dims = (getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension)()
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.no_grad():

@@ -80,8 +80,12 @@ def greedy_decode(
 
 
 def cache_keyword(model: Any) -> str:
-    """The name transformers uses for the key/value cache argument ('cache' in 5.2x, before: 'past_key_values')."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The name transformers uses for the key/value cache argument ('cache' in 5.2x, before: 'past_key_values').
+
+    A peft-wrapped model's forward takes ``**kwargs`` and hands them on: the base model's signature decides.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 # ---- static cache (cache=static, compile=true) ----
