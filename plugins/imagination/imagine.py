@@ -49,7 +49,9 @@ class ImagineImaginer(Imaginer, Trainable):
     mixed precision has fp32 master weights); ``lora_rank=R`` trains a peft LoRA as the causal-lm
     reader's option does. ``checkpoint=DIR`` loads trained weights. ``n=K`` returns K imagined documents per
     question: the K best sequences of a beam search with K beams (deterministic), best first. ``train=false``
-    freezes it (nothing to train: e.g. the explicit part of ``imagine+hyperlora`` while the hypernetwork trains).
+    freezes it (nothing to train: e.g. the explicit part of ``imagine+hyperlora`` while the hypernetwork trains);
+    a frozen imagine writes each question's documents once and reuses them (its decoding is deterministic and
+    batch-independent), so a student trained for several epochs does not regenerate them every epoch.
     """
 
     provides = frozenset({"passages"})
@@ -96,6 +98,7 @@ class ImagineImaginer(Imaginer, Trainable):
             self.checkpoint = str(load_trainable(_Weights(self.module), checkpoint, "imaginer"))
         if not train:  # frozen: e.g. the explicit part of imagine+hyperlora while the hypernetwork trains
             self.module.requires_grad_(False)
+        self.written: dict[str, Context] | None = None if train else {}  # frozen: question -> its documents
         self.module.eval()
         self.lm.model.eval()
 
@@ -114,9 +117,17 @@ class ImagineImaginer(Imaginer, Trainable):
         return self.lm.encode(PROMPT.format(question=question))
 
     def imagine(self, examples: Sequence[Example]) -> list[Context]:
-        if not examples:
+        if self.written is None:
+            return self.write([e.question for e in examples])
+        new = list(dict.fromkeys(e.question for e in examples if e.question not in self.written))
+        self.written.update(zip(new, self.write(new)))
+        return [self.written[e.question] for e in examples]
+
+    def write(self, questions: Sequence[str]) -> list[Context]:
+        """The imagined documents of ``questions``, generated now."""
+        if not questions:
             return []
-        prompts = [self.prompt_ids(e.question) for e in examples]
+        prompts = [self.prompt_ids(question) for question in questions]
         if self.n == 1:
             texts = self.lm.generate(prompts, self.max_new_tokens)
             return [Context(passages=(Passage(text, title="imagined"),)) for text in texts]
