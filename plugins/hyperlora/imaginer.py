@@ -9,6 +9,7 @@ import torch
 
 from iagbench import ConfigurationError, Context, Example, Imaginer
 from iagbench.components import Trainable
+from iagbench.devices import pick_device
 
 from .adapters import LoRAAdapter, architecture_of, target_shapes
 from .features import build_encoder
@@ -77,7 +78,7 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         for name, value in (("rank", rank), ("hidden", hidden), ("feature_dims", feature_dims)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"hyperlora option {name}={value!r}: expected a positive integer")
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = pick_device(device)
         skeleton = reader_skeleton(model)
         self.architecture = architecture_of(skeleton).name
         self.targets = parse_targets(targets) if targets else architecture_of(skeleton).default_targets

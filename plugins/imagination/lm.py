@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from iagbench import ConfigurationError
-from iagbench_plugins.readers.causal_lm import end_token_ids, pick_device, pick_dtype
+from iagbench.devices import pick_device
+from iagbench_plugins.readers.causal_lm import end_token_ids, pick_dtype
 from iagbench_plugins.readers.decoding import greedy_decode
 from iagbench_plugins.readers.models import load_model, resolve_model
 

@@ -9,19 +9,12 @@ from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 from iagbench.components import Trainable
+from iagbench.devices import pick_device
 
 from .adapter_host import AdapterHost
 from .decoding import CACHE_MODES, StaticDecoder, cache_keyword, greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
 from .prompts import get_template
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def pick_dtype(dtype: str, device: str) -> Any:

@@ -48,9 +48,10 @@ from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 from iagbench.components import Trainable
+from iagbench.devices import pick_device
 
 from .adapter_host import AdapterHost
-from .causal_lm import pick_device, pick_dtype
+from .causal_lm import pick_dtype
 from .decoding import StaticDecoder, cache_keyword, static_cache_length
 from .t5_models import load_t5, resolve_t5
 

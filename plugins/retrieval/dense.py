@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from iagbench import ConfigurationError
+from iagbench.devices import pick_device
 
 from .base import DEFAULT_K, CorpusRetriever, Hits, check_flag, check_positive_int, top_k, top_k_arrays
 from .corpus import PassageStore, passage_text
@@ -69,14 +70,6 @@ def resolve_model(model: str) -> tuple[str, Path]:
         return repo, Path(snapshot_download(repo))
     except Exception as exc:
         raise ConfigurationError(f"model={model}: cannot load it from the hub: {type(exc).__name__}: {exc}") from None
-
-
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Encoder:
