@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage
-from iagbench_plugins.hyperlora.adapters import LoRAAdapter, target_modules
+from iagbench_plugins.hyperlora.adapters import LoRAAdapter
 from iagbench_plugins.readers.causal_lm import CausalLMReader, shared_prefix_length
 from iagbench_plugins.readers.decoding import greedy_decode, stop_token_ids
 from iagbench_plugins.readers.models import PRESETS, resolve_model
 from iagbench_plugins.readers.prompts import extract_short_answer, get_template
+from lora_adapters import random_lora_adapter
 
 QUESTIONS = [
     "who wrote the iliad",
@@ -212,17 +213,8 @@ def tiny_static() -> CausalLMReader:
     return CausalLMReader(model="tiny-llama", max_new_tokens=6, cache="static")
 
 
-def random_llama_adapter(reader: CausalLMReader, seed: int, rank: int = 4) -> LoRAAdapter:
-    generator = torch.Generator().manual_seed(seed)
-    targets = ("q_proj", "v_proj", "down_proj")
-    modules = target_modules(reader.model, targets)
-    a, b = {}, {}
-    for kind in targets:
-        layers = sorted(layer for k, layer in modules if k == kind)
-        linear = modules[(kind, layers[0])]
-        a[kind] = torch.randn(len(layers), linear.in_features, rank, generator=generator) * 0.3
-        b[kind] = torch.randn(len(layers), rank, linear.out_features, generator=generator) * 0.3
-    return LoRAAdapter(a, b)
+def random_llama_adapter(reader: CausalLMReader, seed: int) -> LoRAAdapter:
+    return random_lora_adapter(reader.model, ("q_proj", "v_proj", "down_proj"), seed)
 
 
 def test_static_cache_decoding_equals_the_default(tiny: CausalLMReader, tiny_static: CausalLMReader) -> None:

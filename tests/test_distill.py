@@ -20,13 +20,7 @@ from iagbench_plugins.distill.loss import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train much faster on one thread than on two shared with other tests (as test_compose)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VOCAB = 7
 # Two examples with 4 and 2 real target tokens in a batch padded to 5 positions.

@@ -12,6 +12,7 @@ from iagbench_plugins.hyperlora.adapters import LoRAAdapter, target_modules
 from iagbench_plugins.hyperlora.hypernetwork import Whitening
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
 from iagbench_plugins.readers.causal_lm import CausalLMReader
+from lora_adapters import random_lora_adapter
 
 QUESTIONS = ["who wrote the iliad", "where is lake titicaca", "how many legs does a spider have"]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -22,16 +23,8 @@ def reader() -> CausalLMReader:
     return CausalLMReader(model="tiny-llama", max_new_tokens=5)
 
 
-def random_adapter(reader: CausalLMReader, seed: int, rank: int = 4) -> LoRAAdapter:
-    generator = torch.Generator().manual_seed(seed)
-    modules = target_modules(reader.model, TARGETS)
-    a, b = {}, {}
-    for kind in TARGETS:
-        layers = sorted(layer for k, layer in modules if k == kind)
-        linear = modules[(kind, layers[0])]
-        a[kind] = torch.randn(len(layers), linear.in_features, rank, generator=generator) * 0.3
-        b[kind] = torch.randn(len(layers), rank, linear.out_features, generator=generator) * 0.3
-    return LoRAAdapter(a, b)
+def random_adapter(reader: CausalLMReader, seed: int) -> LoRAAdapter:
+    return random_lora_adapter(reader.model, TARGETS, seed)
 
 
 def merged_logits(reader: CausalLMReader, adapter: LoRAAdapter, text: str) -> torch.Tensor:

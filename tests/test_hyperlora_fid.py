@@ -13,6 +13,7 @@ from iagbench.train import read_log
 from iagbench_plugins.hyperlora.adapters import T5_DEFAULT_TARGETS, T5_TARGETS, LoRAAdapter, target_modules
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer, model_shapes
 from iagbench_plugins.readers.fid import FiDReader
+from lora_adapters import random_lora_adapter
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,16 +48,8 @@ def reader() -> FiDReader:
     return make_reader()
 
 
-def random_adapter(model: torch.nn.Module, targets, seed: int, rank: int = 3, scale: float = 0.5) -> LoRAAdapter:
-    generator = torch.Generator().manual_seed(seed)
-    modules = target_modules(model, targets)
-    a, b = {}, {}
-    for kind in targets:
-        layers = sorted(layer for k, layer in modules if k == kind)
-        linear = modules[(kind, layers[0])]
-        a[kind] = torch.randn(len(layers), linear.in_features, rank, generator=generator) * scale
-        b[kind] = torch.randn(len(layers), rank, linear.out_features, generator=generator) * scale
-    return LoRAAdapter(a, b, scale=0.7)
+def random_adapter(model: torch.nn.Module, targets, seed: int) -> LoRAAdapter:
+    return random_lora_adapter(model, targets, seed, rank=3, weight_scale=0.5, scale=0.7)
 
 
 def merged_reader(adapter: LoRAAdapter, **options) -> FiDReader:

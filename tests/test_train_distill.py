@@ -30,13 +30,7 @@ TEACHER_READER = {"train": "none", "seed": 1}
 BATCH = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train much faster on one thread than on two shared with other tests (as test_compose)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def other_tokenizer_fid(**options):
