@@ -28,6 +28,7 @@ without that file restarts AdamW from the saved weights, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -37,8 +38,8 @@ import random
 import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import MISSING, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -144,11 +145,7 @@ def validate(spec: TrainSpec) -> None:
     if spec.mixed_precision not in MIXED_PRECISION:
         raise ConfigurationError(f"--mixed-precision {spec.mixed_precision}: expected one of {', '.join(MIXED_PRECISION)}")
     if spec.teacher_reader is None:
-        given = [name for name, value, default in (
-            ("--teacher-imaginer", spec.teacher_imaginer, None), ("--teacher-imaginer-args", spec.teacher_imaginer_args, {}),
-            ("--teacher-reader-args", spec.teacher_reader_args, {}), ("--alpha", spec.alpha, 0.5),
-            ("--temperature", spec.temperature, 1.0), ("--hidden-weight", spec.hidden_weight, 0.0),
-            ("--attention-weight", spec.attention_weight, 0.0)) if value != default]  # fmt: skip
+        given = [f"--{name.replace('_', '-')}" for name in DISTILLATION_OPTIONS if getattr(spec, name) != _default(name)]
         if given:
             raise ConfigurationError(f"{', '.join(given)}: distillation options need a teacher (--teacher-reader)")
     else:
@@ -158,6 +155,17 @@ def validate(spec: TrainSpec) -> None:
             raise ConfigurationError(f"--temperature {spec.temperature}: expected a positive number")
         if spec.hidden_weight < 0 or spec.attention_weight < 0:
             raise ConfigurationError("--hidden-weight and --attention-weight must be 0 or more")
+
+
+# what only means something with a teacher (--teacher-reader)
+DISTILLATION_OPTIONS = ("teacher_imaginer", "teacher_imaginer_args", "teacher_reader_args", "alpha", "temperature",
+                        "hidden_weight", "attention_weight")  # fmt: skip
+
+
+def _default(name: str) -> Any:
+    """A `TrainSpec` field's default value."""
+    spec_field = TrainSpec.__dataclass_fields__[name]
+    return spec_field.default_factory() if spec_field.default_factory is not MISSING else spec_field.default
 
 
 def read_deepspeed_config(path: Path | None) -> dict[str, Any] | None:
@@ -372,58 +380,53 @@ def _freeze(component: Any) -> None:
             module.eval()
 
 
-def _decoder_outputs(reader: Any, role: str, hidden: bool, attention: bool) -> Any:
+@contextlib.contextmanager
+def _decoder_outputs(reader: Any, role: str, hidden: bool, attention: bool) -> Iterator[dict[str, Any]]:
     """While ``answer_logits`` runs: ask the reader's transformers ``model`` for its hidden states / attention maps
     (forward hooks; attention maps switch the model to eager attention), and keep the last decoder layer's
     (``decoder_*`` for encoder-decoders) in the yielded dict: the last layer, so teacher and student may differ
     in depth (not in width or heads)."""
-    import contextlib
+    states: dict[str, Any] = {}
+    if not (hidden or attention):
+        yield states
+        return
+    model = getattr(reader, "model", None)
+    if model is None or not callable(getattr(model, "register_forward_hook", None)):
+        raise ConfigurationError(
+            f"--hidden-weight / --attention-weight: the {role} has no transformers model ('model' attribute) to read "
+            "hidden states or attention maps from"
+        )
 
-    @contextlib.contextmanager
-    def capture() -> Any:
-        states: dict[str, Any] = {}
-        if not (hidden or attention):
-            yield states
-            return
-        model = getattr(reader, "model", None)
-        if model is None or not callable(getattr(model, "register_forward_hook", None)):
-            raise ConfigurationError(
-                f"--hidden-weight / --attention-weight: the {role} has no transformers model ('model' attribute) to read "
-                "hidden states or attention maps from"
-            )
+    switch = getattr(model, "set_attn_implementation", None)
+    if attention and callable(switch) and getattr(model.config, "_attn_implementation", "eager") != "eager":
+        switch("eager")  # sdpa returns no attention maps; eager computes the same attention
 
-        switch = getattr(model, "set_attn_implementation", None)
-        if attention and callable(switch) and getattr(model.config, "_attn_implementation", "eager") != "eager":
-            switch("eager")  # sdpa returns no attention maps; eager computes the same attention
+    def ask(module: Any, args: Any, kwargs: Any) -> Any:
+        if hidden:
+            kwargs["output_hidden_states"] = True
+        if attention:
+            kwargs["output_attentions"] = True
+        return args, kwargs
 
-        def ask(module: Any, args: Any, kwargs: Any) -> Any:
-            if hidden:
-                kwargs["output_hidden_states"] = True
-            if attention:
-                kwargs["output_attentions"] = True
-            return args, kwargs
+    def keep(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        for name, flag, keys in (("hidden", hidden, ("decoder_hidden_states", "hidden_states")),
+                                 ("attention", attention, ("decoder_attentions", "attentions"))):  # fmt: skip
+            if not flag:
+                continue
+            layers = next((getattr(output, key) for key in keys if getattr(output, key, None) is not None), None)
+            if not layers or layers[-1] is None:
+                raise ConfigurationError(
+                    f"--{name}-weight: the {role}'s model returned no {'hidden states' if name == 'hidden' else 'attention maps'}"
+                    + (" (load it with attn_implementation='eager' to get attention maps)" if name == "attention" else "")
+                )
+            states[name] = layers[-1]
 
-        def keep(module: Any, args: Any, kwargs: Any, output: Any) -> None:
-            for name, flag, keys in (("hidden", hidden, ("decoder_hidden_states", "hidden_states")),
-                                     ("attention", attention, ("decoder_attentions", "attentions"))):  # fmt: skip
-                if not flag:
-                    continue
-                layers = next((getattr(output, key) for key in keys if getattr(output, key, None) is not None), None)
-                if not layers or layers[-1] is None:
-                    raise ConfigurationError(
-                        f"--{name}-weight: the {role}'s model returned no {'hidden states' if name == 'hidden' else 'attention maps'}"
-                        + (" (load it with attn_implementation='eager' to get attention maps)" if name == "attention" else "")
-                    )
-                states[name] = layers[-1]
-
-        handles = [model.register_forward_pre_hook(ask, with_kwargs=True), model.register_forward_hook(keep, with_kwargs=True)]
-        try:
-            yield states
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    return capture()
+    handles = [model.register_forward_pre_hook(ask, with_kwargs=True), model.register_forward_hook(keep, with_kwargs=True)]
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _check_distillable(student: Reader, teacher: Reader, student_name: str, teacher_name: str) -> None:
