@@ -12,7 +12,7 @@ from iagbench.components import Trainable
 from iagbench.devices import pick_device
 
 from .adapter_host import AdapterHost
-from .decoding import CACHE_MODES, StaticDecoder, cache_keyword, greedy_decode, stop_token_ids
+from .decoding import StaticDecoder, cache_keyword, check_decoding_options, greedy_decode, stop_token_ids
 from .models import load_model, resolve_model
 from .prompts import get_template
 
@@ -59,9 +59,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
     ):
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigurationError(f"reader option max_new_tokens={max_new_tokens!r}: expected a positive integer")
-        check_decoding_options(cache, compile)
-        if compile and lora_rank:
-            raise ConfigurationError("reader option compile=true with lora_rank: not supported (use compile=false)")
+        check_decoding_options(cache, compile, lora_rank)
         self.template = get_template(prompt)
         self.source = resolve_model(model)
         self.device = pick_device(device)
@@ -113,7 +111,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
             "checkpoint": self.checkpoint,
         }
         if self._static is not None:  # the default (dynamic cache) keeps its old record, so old runs keep their identity
-            info.update(decoding_record(self._static))
+            info.update(self._static.describe())
         return info
 
     def trainable_module(self) -> Any:
@@ -202,11 +200,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
             "attention_mask": torch.tensor(mask, device=self.device),
         }
         if self._static is not None:
-            if adapters is not None and self._static.compile:
-                raise ConfigurationError(
-                    "reader option compile=true cannot decode with adapters (per-example LoRA, e.g. from hyperlora): "
-                    "use compile=false (cache=static works with adapters)"
-                )
+            self._static.check_adapters(adapters)
             prefix = self._prefix_entry(tuple(ids[0][:shared])) if shared else None
             with torch.inference_mode(), self._lora_active(adapters):
                 new_tokens = self._static.decode(
@@ -275,22 +269,6 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
                 output = self.model(torch.tensor([prefix], device=self.device), use_cache=True)
             self._prefix = (prefix, getattr(output, self._cache_key))
         return self._prefix[1]
-
-
-def check_decoding_options(cache: str, compile: Any) -> None:
-    """``cache=dynamic|static``, ``compile=false|true`` (compile needs the static cache)."""
-    if cache not in CACHE_MODES:
-        raise ConfigurationError(f"reader option cache={cache!r}: expected one of {', '.join(CACHE_MODES)}")
-    if not isinstance(compile, bool):
-        raise ConfigurationError(f"reader option compile={compile!r}: expected true or false")
-    if compile and cache != "static":
-        raise ConfigurationError("reader option compile=true needs cache=static (a dynamic cache changes shape every step)")
-
-
-def decoding_record(decoder: StaticDecoder) -> dict[str, Any]:
-    """What a static-cache decoder adds to ``describe()``."""
-    compiled = f", torch.compile mode={decoder.mode()}" if decoder.compile else ""
-    return {"decoding": f"greedy (static cache{compiled})", "cache": "static", "compile": decoder.compile}
 
 
 MIN_SHARED_PREFIX = 8

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from iagbench import ConfigurationError
+
 
 def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> frozenset[int]:
     """Ids of vocabulary tokens whose text contains one of ``stop_strings`` (single tokens only)."""
@@ -94,6 +96,18 @@ CACHE_MODES = ("dynamic", "static")
 STATIC_CACHE_BUCKET = 64  # static caches are sized in steps of this many tokens, so few shapes get compiled
 
 
+def check_decoding_options(cache: str, compile: Any, lora_rank: int = 0) -> None:
+    """A reader's ``cache=dynamic|static``, ``compile=false|true`` (compile needs the static cache, and no peft LoRA)."""
+    if cache not in CACHE_MODES:
+        raise ConfigurationError(f"reader option cache={cache!r}: expected one of {', '.join(CACHE_MODES)}")
+    if not isinstance(compile, bool):
+        raise ConfigurationError(f"reader option compile={compile!r}: expected true or false")
+    if compile and cache != "static":
+        raise ConfigurationError("reader option compile=true needs cache=static (a dynamic cache changes shape every step)")
+    if compile and lora_rank:
+        raise ConfigurationError("reader option compile=true with lora_rank: not supported (use compile=false)")
+
+
 def static_cache_length(tokens: int) -> int:
     """``tokens`` rounded up to a multiple of ``STATIC_CACHE_BUCKET``."""
     return -(-tokens // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET
@@ -119,6 +133,19 @@ class StaticDecoder:
         self.cache_key = cache_keyword(model)
         self.cache: Any = None
         self._step: Callable[..., Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What a static-cache decoder adds to its reader's ``describe()``."""
+        compiled = f", torch.compile mode={self.mode()}" if self.compile else ""
+        return {"decoding": f"greedy (static cache{compiled})", "cache": "static", "compile": self.compile}
+
+    def check_adapters(self, adapters: Sequence[Any] | None) -> None:
+        """Refuse per-example adapters with ``compile=true`` (their hooks are not compiled through)."""
+        if adapters is not None and self.compile:
+            raise ConfigurationError(
+                "reader option compile=true cannot decode with adapters (per-example LoRA, e.g. from hyperlora): "
+                "use compile=false (cache=static works with adapters)"
+            )
 
     def mode(self) -> str:
         """The compile mode (``reduce-overhead`` on CUDA) or ``none``."""
@@ -202,9 +229,13 @@ class StaticDecoder:
                 input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
                 use_cache=True, logits_to_keep=1, **{self.cache_key: cache},
             )  # fmt: skip
-        generated = []
-        end_set = set(end.tolist())
-        for row in tokens[:, :steps].tolist():
-            stop = next((i for i, token in enumerate(row) if token in end_set), None)
-            generated.append(row if stop is None else row[: stop + 1])
-        return generated
+        return cut_after_end(tokens[:, :steps].tolist(), set(end.tolist()))
+
+
+def cut_after_end(rows: list[list[int]], end_ids: Collection[int]) -> list[list[int]]:
+    """Each row up to and including its first end token (rows that stayed in a static batch after finishing)."""
+    cut = []
+    for row in rows:
+        stop = next((i for i, token in enumerate(row) if token in end_ids), None)
+        cut.append(row if stop is None else row[: stop + 1])
+    return cut

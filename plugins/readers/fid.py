@@ -52,7 +52,7 @@ from iagbench.devices import pick_device
 
 from .adapter_host import AdapterHost
 from .causal_lm import pick_dtype
-from .decoding import StaticDecoder, cache_keyword, static_cache_length
+from .decoding import StaticDecoder, cache_keyword, check_decoding_options, cut_after_end, static_cache_length
 from .t5_models import load_t5, resolve_t5
 
 TRAIN_MODES = ("full", "lora", "none")
@@ -123,13 +123,9 @@ class FiDReader(AdapterHost, Reader, Trainable):
         compile: bool = False,
         seed: int = 0,
     ):
-        from .causal_lm import check_decoding_options
-
-        check_decoding_options(cache, compile)
+        check_decoding_options(cache, compile, lora_rank)
         if cache == "static" and num_beams != 1:
             raise ConfigurationError(f"reader option cache=static decodes greedily: num_beams={num_beams} needs cache=dynamic")
-        if compile and lora_rank:
-            raise ConfigurationError("reader option compile=true with lora_rank: not supported (use compile=false)")
         for name, value in (("text_maxlength", text_maxlength), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
             _check_positive(name, value)
         if text_maxlength < 2:
@@ -210,9 +206,7 @@ class FiDReader(AdapterHost, Reader, Trainable):
             "checkpoint": self.checkpoint,
         }
         if self._static is not None:  # the default (dynamic cache) keeps its old record, so old runs keep their identity
-            from .causal_lm import decoding_record
-
-            info.update(decoding_record(self._static))
+            info.update(self._static.describe())
         return info
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
@@ -221,11 +215,8 @@ class FiDReader(AdapterHost, Reader, Trainable):
         if not examples:
             return []
         adapters = self._adapters(contexts)
-        if adapters is not None and self._static is not None and self._static.compile:
-            raise ConfigurationError(
-                "reader option compile=true cannot decode with adapters (per-example LoRA, e.g. from hyperlora): "
-                "use compile=false (cache=static works with adapters)"
-            )
+        if self._static is not None:
+            self._static.check_adapters(adapters)
         with torch.inference_mode(), self._lora_active(adapters) as lora:
             encoded = self.encode(examples, contexts, lora)
             if self._static is not None:
@@ -542,10 +533,7 @@ class StaticSeq2SeqDecoder(StaticDecoder):
             if bool(done.all()):
                 break
             step_ids = next_ids[:, None]
-        generated = []
-        for row in tokens[:, :steps].tolist():
-            generated.append(row[: row.index(end_id) + 1] if end_id in row else row)
-        return generated
+        return cut_after_end(tokens[:, :steps].tolist(), {end_id})
 
 
 def _check_positive(name: str, value: Any) -> None:
