@@ -41,6 +41,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from iagbench.train import read_log
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rag_nq_oracle import build_corpus  # noqa: E402
 
@@ -158,8 +160,7 @@ def main() -> None:
 
 def loss_curve(train_out: Path) -> list[str]:
     """Steps, then 'first -> last' of the logged loss (and kd, ce where logged) of a training folder."""
-    records = [json.loads(line) for line in (train_out / "log.jsonl").read_text().splitlines() if line.strip()]
-    records = [record for record in records if "loss" in record]
+    records = [record for record in read_log(train_out) if "loss" in record]
     first, last = records[0], records[-1]
     values = [f"{first[key]:.3f} -> {last[key]:.3f}" if key in first else "" for key in ("loss", "kd", "ce")]
     return [str(last["step"]), *values]
