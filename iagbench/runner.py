@@ -27,6 +27,7 @@ from .registry import Entry
 from .runs import RunFolder, canonical_json, config_hash, diff_paths, folder_name, read_json, write_json_atomic
 from .scoring import aggregate, metric_versions, score_example
 from .shards import ShardWriter, done_ids, merge, shard_files, wait_for_file, wait_for_shards
+from .sources import component_identity
 from .types import Context, Example
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -120,8 +121,8 @@ def identity(spec: RunSpec, resolved: Resolved, examples: Sequence[Example]) -> 
             "fingerprint": fingerprint(examples),
             "n": len(examples),
         },
-        "imaginer": {"name": resolved.imaginer.name, "options": spec.imaginer_args},
-        "reader": {"name": resolved.reader.name, "options": spec.reader_args},
+        "imaginer": component_identity(resolved.imaginer.name, spec.imaginer_args),
+        "reader": component_identity(resolved.reader.name, spec.reader_args),
         "limit": spec.limit,
         "seed": spec.seed,
     }

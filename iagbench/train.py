@@ -65,6 +65,7 @@ from .registry import Entry
 from .runner import EXECUTION_KEYS, Resolved, batches, check_compatible, fingerprint, load_examples, plugin_versions
 from .runs import check_configuration, config_hash, diff_paths, folder_name, read_json, write_json_atomic
 from .scoring import score_example
+from .sources import component_identity
 from .types import Context, Example
 
 DEFAULT_TRAIN_DIR = Path("trained")
@@ -632,8 +633,8 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
             "fingerprint": fingerprint(setup.examples),
             "n": len(setup.examples),
         },
-        "imaginer": {"name": setup.imaginer.name, "options": spec.imaginer_args},
-        "reader": {"name": setup.reader.name, "options": spec.reader_args},
+        "imaginer": component_identity(setup.imaginer.name, spec.imaginer_args),
+        "reader": component_identity(setup.reader.name, spec.reader_args),
         "limit": spec.limit,
         "seed": spec.seed,
         "training": {
@@ -652,8 +653,8 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
     if setup.teacher_reader is not None:  # absent without a teacher: earlier runs keep their identity
         assert setup.teacher_imaginer is not None
         ident["distillation"] = {
-            "teacher_imaginer": {"name": setup.teacher_imaginer.name, "options": spec.teacher_imaginer_args},
-            "teacher_reader": {"name": setup.teacher_reader.name, "options": spec.teacher_reader_args},
+            "teacher_imaginer": component_identity(setup.teacher_imaginer.name, spec.teacher_imaginer_args),
+            "teacher_reader": component_identity(setup.teacher_reader.name, spec.teacher_reader_args),
             "alpha": spec.alpha,
             "temperature": spec.temperature,
             "temperature_schedule": "temperature_at(step, T0) = T0 / (1 + ln(1 + step // 500))",

@@ -31,11 +31,12 @@ from typing import IO, Any
 
 import numpy as np
 
+from iagbench.cache import cached_sha256
 from iagbench.errors import ConfigurationError, DataError
 from iagbench.jsonl import json_objects
 from iagbench.types import Passage
 
-from .index_cache import Index, cached_sha256, ensure_index, log
+from .index_cache import Index, ensure_index, log
 
 FORMATS = ("dpr-tsv", "jsonl", "flashrag")
 TSV_COLUMNS = ("id", "text", "title")

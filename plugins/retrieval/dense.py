@@ -26,11 +26,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from iagbench import ConfigurationError
+from iagbench.cache import folder_sha256
 from iagbench.devices import pick_device
 
 from .base import DEFAULT_K, CorpusRetriever, Hits, check_flag, check_positive_int, top_k, top_k_arrays
 from .corpus import PassageStore, passage_text
-from .index_cache import Index, ensure_index, folder_sha256, log
+from .index_cache import Index, ensure_index, log
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
