@@ -82,6 +82,7 @@ def test_whitening_gives_unit_covariance() -> None:
 
 @pytest.fixture(scope="module")
 def imaginer() -> HyperLoRAImaginer:
+    torch.manual_seed(0)  # the hypernetwork's initial weights: the same whichever tests ran before
     imaginer = HyperLoRAImaginer(model="tiny-llama", rank=4, hidden=32, feature_dims=8, encoder="hashing", device="cpu")
     imaginer.prepare([Example(str(i), f"question number {i} about topic {i % 7}", ("x",)) for i in range(40)])
     return imaginer
@@ -97,18 +98,18 @@ def test_untrained_hypernetwork_leaves_the_reader_unchanged(reader: CausalLMRead
 def test_training_the_hypernetwork_lowers_the_answer_loss(reader: CausalLMReader, imaginer: HyperLoRAImaginer) -> None:
     examples = [Example(str(i), q, ("Paris",)) for i, q in enumerate(QUESTIONS)]
     network = imaginer.trainable_module()
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)  # 1e-2 oscillates: its loss after 8 steps was luck
     network.train()
     losses = []
-    for _ in range(8):
+    for _ in range(12):
         loss = reader.loss(examples, imaginer.imagine(examples))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     network.eval()
-    # A frozen random tiny model bounds its logits (log 259 = 5.56 is chance): a drop of 0.2 is a real one.
-    assert losses[-1] < losses[0] - 0.2
+    # A frozen random tiny model bounds its logits (log 259 = 5.56 is chance): a drop of 0.5 is a real one.
+    assert losses[-1] < losses[0] - 0.5 and losses[-1] == min(losses)
     assert all(p.grad is None for p in reader.model.parameters())  # the reader stays frozen
 
 
