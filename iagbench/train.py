@@ -15,7 +15,7 @@ of processes (``--batch-size``/``--grad-accum`` chosen to keep ``G``).
 
 Output folder (``--output``, default ``trained/<dataset>-<split>__<imaginer>__<reader>__<hash>``):
 ``train_config.json`` (the resolved configuration, hashed; plugin versions), ``env.json``,
-``log.jsonl`` (one line per logged step: loss, lr, examples/s, eval em), and ``checkpoints/``
+``log.jsonl`` (one line per logged step: loss, lr, examples/s, peak GPU memory on CUDA, eval em), and ``checkpoints/``
 (see `iagbench.checkpoints`). The same command again resumes from ``checkpoints/latest``:
 optimizer, scheduler and RNG states are restored and ``log.jsonl`` continues after the saved step.
 
@@ -608,8 +608,11 @@ def _quiet(message: str) -> None:
 def _release(accelerator: Any, saved_env: dict[str, str | None]) -> None:
     """End the process group and forget accelerate's process-wide state, so a later train() starts afresh."""
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedType
 
     accelerator.end_training()
+    if accelerator.device.type == "cpu" and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        _remove_cpu_allreduce_buffers()
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     for key, value in saved_env.items():
@@ -617,6 +620,18 @@ def _release(accelerator: Any, saved_env: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def _remove_cpu_allreduce_buffers() -> None:
+    """Unlink DeepSpeed's CPU all-reduce buffers of this launch (66 MiB in /dev/shm per process, left behind at exit).
+
+    Every process of the launch mapped them all at start-up and keeps its mappings until it exits, so the
+    first process to finish may unlink them for all.
+    """
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if address and port:
+        for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_*"):
+            path.unlink(missing_ok=True)
 
 
 def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> dict[str, Any]:
@@ -1008,6 +1023,8 @@ class _Trainer:
                         "lr": lr,
                         "examples_per_s": round(examples_since / elapsed, 2) if elapsed > 0 else None,
                     })
+                    if accelerator.device.type == "cuda":  # this process's high-water mark since the start
+                        record["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
                     examples_since, clock = 0, time.perf_counter()
                     bar.set_postfix(loss=f"{loss_value:.4f}")
                     if parts:  # the distillation loss's parts, averaged as the loss is

@@ -266,6 +266,9 @@ def test_deepspeed_zero2_two_cpu_processes_train_resume_and_a_run_loads_it(tmp_p
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, failure_excerpt(out)
     assert "from step-000003 (step 3 of 6)" in out
+    # the killed launch leaves its all-reduce buffers in /dev/shm; one that ends removes its own
+    assert list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{ports[0]}_*"))
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{ports[1]}_*"))
 
     config = json.loads((output / "train_config.json").read_text())
     assert config["identity"]["training"]["deepspeed"]["zero_optimization"]["stage"] == 2
