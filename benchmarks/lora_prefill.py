@@ -19,14 +19,13 @@ from tabulate import tabulate
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from iagbench_plugins.hyperlora.adapters import LLAMA_TARGETS, BatchedLoRA, LoRAAdapter
+from iagbench_plugins.readers.models import LLAMA_2_SHAPES
 
 SHAPES = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152),
-    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32000),
-    "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                        num_key_value_heads=40, vocab_size=32000),
+    "llama-2-7b": LLAMA_2_SHAPES["llama-7b"],
+    "llama-2-13b": LLAMA_2_SHAPES["llama-13b"],
 }
 
 

@@ -11,17 +11,29 @@ a dynamic cache, finished rows leave the batch), `static` (`cache=static`) and `
 (`cache=static,compile=true`: torch.compile, mode reduce-overhead on CUDA, i.e. CUDA graphs). Rows of
 the static modes are timed on a second pass over the questions; the first pass (compilation of
 every new shape included) is shown as "first pass s".
+
+Without weights or data (the GPU check of issue 7, Llama-2-13B's shape, random weights):
+
+    python benchmarks/reader_speed.py --model llama-13b-random --dtypes bf16 --prompt-tokens 256 \
+        --new-tokens 32 --limit 256 --baseline-batch 32 --batch-sizes 32,128
+
+`--prompt-tokens N` makes `--limit` synthetic questions of N tokens (random words) instead of reading
+a dataset; both sides then use the bare `Question: q\nAnswer:` prompt (the reader's `plain` template)
+and decode `--new-tokens` greedily, so they do the same work: "same as baseline" is the share of
+answers equal to the baseline's text. On CUDA, "peak GiB" is the most memory allocated in that row.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import random
 import time
 
 import torch
 from tabulate import tabulate
 
-from iagbench import Context
+from iagbench import Context, Example
 from iagbench.plugins import load_plugins
 from iagbench.runner import batches
 from iagbench_plugins.metrics.normalize import exact_match, subspan_em
@@ -38,6 +50,23 @@ def baseline(reader: CausalLMReader, questions: list[str], batch_size: int, new_
             generated = model.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         outputs += tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
     return outputs
+
+
+SYNTHETIC_WORDS = (
+    "river north city album season war king film song team world first water island actor born "
+    "league series state county music church party army school station bridge valley mountain"
+).split()
+
+
+def synthetic_examples(tokenizer, count: int, tokens: int, seed: int = 0) -> list[Example]:
+    """``count`` questions of ``tokens`` tokens of random words (for speed at a fixed prompt length)."""
+    rng = random.Random(seed)
+    examples = []
+    for index in range(count):
+        text = " ".join(rng.choice(SYNTHETIC_WORDS) for _ in range(tokens))  # at least one token a word
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
+        examples.append(Example(f"synthetic-{index}", tokenizer.decode(ids).strip(), ("-",)))
+    return examples
 
 
 def ours(reader: CausalLMReader, examples: list, batch_size: int) -> list[str]:
@@ -58,20 +87,25 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="16,64", help="batch sizes to try for the iagbench reader")
     parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16 (bf16 is fast on CPUs with AMX)")
     parser.add_argument("--decoding", default="dynamic,static,compiled", help="comma-separated: dynamic, static, compiled")
+    parser.add_argument("--prompt-tokens", type=int, default=0, help="synthetic questions of this many tokens, no dataset")
+    parser.add_argument("--new-tokens", type=int, default=16, help="new tokens per answer, both sides")
+    parser.add_argument("--baseline-batch", type=int, default=16, help="batch size of the plain generate loop")
     args = parser.parse_args()
-
-    plugins = load_plugins(builtins_only=True)
-    options = {"data_dir": args.data_dir} if args.data_dir else {}
-    dataset = plugins["datasets"].get(args.dataset).build(**options)
-    examples = list(dataset.load(args.split))[: args.limit]
-    print(f"{len(examples)} questions of {args.dataset}/{args.split}; model {args.model}; torch threads {torch.get_num_threads()}")
-
-    rows = []
 
     modes = {"dynamic": {}, "static": {"cache": "static"}, "compiled": {"cache": "static", "compile": True}}
     decoding = args.decoding.split(",")
     if set(decoding) - set(modes):
         parser.error(f"--decoding: unknown {sorted(set(decoding) - set(modes))}; expected some of {', '.join(modes)}")
+    synthetic = args.prompt_tokens > 0
+    reader_options = {"max_new_tokens": args.new_tokens, **({"prompt": "plain"} if synthetic else {})}
+    cuda = torch.cuda.is_available()
+    examples: list[Example] = []
+    if not synthetic:
+        plugins = load_plugins(builtins_only=True)
+        dataset = plugins["datasets"].get(args.dataset).build(**({"data_dir": args.data_dir} if args.data_dir else {}))
+        examples = list(dataset.load(args.split))[: args.limit]
+    rows: list[list] = []
+    reference: list[str] = []
 
     def measure(name: str, run, warm_up: bool = False) -> None:
         first_pass = ""
@@ -79,28 +113,52 @@ def main() -> None:
             started = time.perf_counter()
             run()
             first_pass = round(time.perf_counter() - started, 1)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         predictions = run()
+        if cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        em = 100 * sum(exact_match(p, e.answers) for p, e in zip(predictions, examples)) / len(examples)
-        sub = 100 * sum(subspan_em(p, e.answers) for p, e in zip(predictions, examples)) / len(examples)
-        rows.append([name, round(seconds, 1), round(len(examples) / seconds, 2), round(em, 1), round(sub, 1), first_pass])
+        if synthetic:
+            texts = [getattr(p, "raw", p).strip() for p in predictions]
+            reference[:] = reference or texts
+            quality = [round(100 * sum(a == b for a, b in zip(texts, reference)) / len(texts), 1)]
+        else:
+            em = 100 * sum(exact_match(p, e.answers) for p, e in zip(predictions, examples)) / len(examples)
+            sub = 100 * sum(subspan_em(p, e.answers) for p, e in zip(predictions, examples)) / len(examples)
+            quality = [round(em, 1), round(sub, 1)]
+        peak = [round(torch.cuda.max_memory_allocated() / 2**30, 1)] if cuda else []
+        rows.append([name, round(seconds, 2), round(len(examples) / seconds, 2), *quality, *peak, first_pass])
         print(rows[-1], flush=True)
 
     for dtype in args.dtypes.split(","):
         first = len(rows)
-        questions = [e.question for e in examples]
+        reference.clear()
         for mode in decoding:
-            reader = CausalLMReader(model=args.model, dtype=dtype, **modes[mode])
+            reader = CausalLMReader(model=args.model, dtype=dtype, **reader_options, **modes[mode])
+            if not examples:
+                examples = synthetic_examples(reader.tokenizer, args.limit, args.prompt_tokens)
             if len(rows) == first:
-                measure(f"{dtype}: plain generate loop (batch 16, 16 new tokens)", lambda: baseline(reader, questions, 16, 16))
+                if first == 0:
+                    where = torch.cuda.get_device_name() if cuda else f"CPU, torch threads {torch.get_num_threads()}"
+                    what = f"synthetic questions of {args.prompt_tokens} tokens" if synthetic else f"questions of {args.dataset}/{args.split}"
+                    print(f"{len(examples)} {what}; model {args.model}; {where}")
+                questions = [e.question for e in examples]
+                measure(f"{dtype}: plain generate loop (batch {args.baseline_batch}, {args.new_tokens} new tokens)",
+                        lambda: baseline(reader, questions, args.baseline_batch, args.new_tokens))  # fmt: skip
             for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
                 measure(f"{dtype}: iagbench causal-lm reader, {mode} (batch {batch_size})",
                         lambda: ours(reader, examples, batch_size), warm_up=mode != "dynamic")  # fmt: skip
             del reader
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
         for row in rows[first + 1 :]:
-            row.append(f"{rows[first][1] / row[1]:.2f}x")
-    headers = ["method", "seconds", "questions/s", "em", "subspan_em", "first pass s", "speed-up"]
+            row.append(f"{row[2] / rows[first][2]:.2f}x")
+    quality = ["same as baseline %"] if synthetic else ["em", "subspan_em"]
+    headers = ["method", "seconds", "questions/s", *quality, *(["peak GiB"] if cuda else []), "first pass s", "speed-up"]
     print(tabulate(rows, headers=headers, tablefmt="github"))
 
 

@@ -156,6 +156,23 @@ def test_resolve_model(tmp_path) -> None:
         resolve_model("./no/such/folder")
 
 
+def test_random_presets_of_real_shapes_are_built_in_place_in_the_asked_dtype(monkeypatch) -> None:
+    from iagbench_plugins.readers import models
+
+    assert models.PRESETS["llama-13b-random"].random_config["hidden_size"] == 5120
+    assert resolve_model("llama-7b-random").describe()["random_init"] is True
+    # A random shape's vocabulary (Llama-2's 32,000) may exceed the byte tokenizer's 259 symbols: kept, and
+    # generated ids the tokenizer lacks decode to nothing. Here a tiny shape with a vocabulary of 1,000.
+    monkeypatch.setitem(models.PRESETS, "tiny-wide", models.Preset(random_config={**models.TINY_LLAMA_CONFIG, "vocab_size": 1000}))
+    reader = CausalLMReader(model="tiny-wide", dtype="bf16", prompt="plain", max_new_tokens=8)
+    assert reader.model.config.vocab_size == 1000 and len(reader.tokenizer) == 259
+    assert {p.dtype for p in reader.model.parameters()} == {torch.bfloat16}
+    answers = reader.answer(examples(), [Context()] * len(QUESTIONS))
+    assert len(answers) == len(QUESTIONS) and all(isinstance(a, Answer) for a in answers)
+    same_seed = CausalLMReader(model="tiny-wide", dtype="bf16")
+    assert all(torch.equal(a, b) for a, b in zip(reader.model.parameters(), same_seed.model.parameters()))
+
+
 def test_hub_model_missing_offline_is_one_clear_error(monkeypatch) -> None:
     import huggingface_hub.constants
 

@@ -34,6 +34,19 @@ TINY_LLAMA_CONFIG = {
     "tie_word_embeddings": False,
 }
 
+# Llama-2's shapes (config.json of meta-llama/Llama-2-{7,13}b-hf). Random-initialised models of these sizes
+# measure speed and memory where the weights are not at hand (the GPU checks in benchmarks/NOTES.md).
+LLAMA_2_SHAPES: dict[str, dict[str, Any]] = {
+    "llama-7b": {
+        "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+    },
+    "llama-13b": {
+        "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
+        "num_key_value_heads": 40, "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+    },
+}  # fmt: skip
+
 PRESETS: dict[str, Preset] = {
     "smollm2-135m": Preset(
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -44,6 +57,13 @@ PRESETS: dict[str, Preset] = {
     "llama-7b": Preset(hub_id="meta-llama/Llama-2-7b-hf"),
     "llama-13b": Preset(hub_id="meta-llama/Llama-2-13b-hf"),
     "tiny-llama": Preset(random_config=TINY_LLAMA_CONFIG, note="RANDOM weights (tests only): scores mean nothing"),
+    **{
+        f"{name}-random": Preset(
+            random_config=shape,
+            note=f"RANDOM weights of {name}'s shape and a byte tokenizer: for speed and memory checks, scores mean nothing",
+        )
+        for name, shape in LLAMA_2_SHAPES.items()
+    },
 }
 
 
@@ -108,7 +128,7 @@ def load_model(source: ModelSource, *, dtype: Any, device: str, seed: int = 0) -
 
     info = source.describe()
     if source.kind == "random":
-        model, tokenizer = _random_model(source.config, seed)
+        model, tokenizer = _random_model(source.config, seed, dtype=dtype, device=device)
     elif source.kind == "gguf":
         folder = _converted_gguf(Path(source.ref) / str(source.gguf_file))
         info["converted_cache"] = str(folder)
@@ -173,19 +193,26 @@ def byte_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def _random_model(config_overrides: dict[str, Any], seed: int) -> tuple[Any, Any]:
+def _random_model(config_overrides: dict[str, Any], seed: int, *, dtype: Any, device: str) -> tuple[Any, Any]:
+    """A randomly initialised Llama with the byte tokenizer, built in place on ``device`` in ``dtype``.
+
+    A shape with a larger vocabulary than the tokenizer's (Llama-2's 32,000) keeps it: token ids the
+    tokenizer lacks decode to nothing.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = byte_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    config = LlamaConfig(**{
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
         **config_overrides,
-    )
-    with torch.random.fork_rng():
+    })  # fmt: skip
+    where = torch.device(device)
+    cuda = [where.index or 0] if where.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), where:  # the seed's weights, without touching the caller's RNGs
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
     return model, tokenizer
