@@ -40,18 +40,26 @@ def free_port() -> int:
         return handle.getsockname()[1]
 
 
+def program(name: str) -> str:
+    """A console script: next to this Python's (a virtual environment), else on PATH (a --target install)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"train_speed.py: '{name}' is neither next to {sys.executable} nor on PATH")
+    return found
+
+
 def command(setup: str, args: argparse.Namespace, output: Path) -> list[str]:
-    bin_dir = Path(sys.executable).parent
     train = [
         "train", "--dataset", "sample", "--split", "train", "--reader", "causal-lm", "--reader-args", args.reader_args,
         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", "1e-4", "--log-every", "1",
         "--save-every", str(args.steps), "--output", str(output), "--no-progress",
     ]  # fmt: skip
     if setup == "plain":
-        return [str(bin_dir / "iagbench"), *train]
+        return [program("iagbench"), *train]
     extra = ["--deepspeed", str(ZERO2), *(["--gradient-checkpointing"] if setup == "zero2-checkpointing" else [])]
-    launcher = [str(bin_dir / "deepspeed"), "--num_gpus", "1", "--master_port", str(free_port())]
-    return [*launcher, str(bin_dir / "iagbench"), *train, *extra]
+    launcher = [program("deepspeed"), "--num_gpus", "1", "--master_port", str(free_port())]
+    return [*launcher, program("iagbench"), *train, *extra]
 
 
 def measure(setup: str, args: argparse.Namespace, folder: Path) -> list:
