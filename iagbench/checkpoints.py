@@ -46,13 +46,22 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return folder
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a training output folder, its ``checkpoints`` folder or a checkpoint folder."""
+def latest_of_training(path: str | Path) -> Path | None:
+    """The checkpoint ``latest`` names in a training output folder or in its ``checkpoints`` folder, else None."""
     path = Path(path)
     for checkpoints_dir in (path / CHECKPOINTS, path):
         found = latest_checkpoint(checkpoints_dir)
         if found is not None:
             return found
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a training output folder, its ``checkpoints`` folder or a checkpoint folder."""
+    path = Path(path)
+    found = latest_of_training(path)
+    if found is not None:
+        return found
     if any((path / weights_file(role)).is_file() for role in ROLES):
         return path
     if not path.exists():

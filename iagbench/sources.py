@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import cached_sha256, folder_sha256
-from .checkpoints import CHECKPOINTS, latest_checkpoint
+from .checkpoints import latest_of_training
 
 
 def component_identity(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,10 +39,9 @@ def path_fingerprint(path: Path) -> str:
     """``sha256:<hex>`` of a file's or folder's content; a training output's: ``step-N sha256:<hex>`` of its latest."""
     if path.is_file():
         return f"sha256:{cached_sha256(path)}"
-    for checkpoints_dir in (path / CHECKPOINTS, path):
-        checkpoint = latest_checkpoint(checkpoints_dir) if checkpoints_dir.is_dir() else None
-        if checkpoint is not None:
-            return f"{checkpoint.name} sha256:{folder_sha256(checkpoint)}"
+    checkpoint = latest_of_training(path)
+    if checkpoint is not None:
+        return f"{checkpoint.name} sha256:{folder_sha256(checkpoint)}"
     return f"sha256:{folder_sha256(path)}"
 
 
