@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from iagbench import Context, Example, Passage
+from trends import assert_falls
 from iagbench_plugins.distill.loss import (
     attention_mse_loss,
     cross_entropy_loss,
@@ -191,5 +192,5 @@ def test_distilling_a_fid_teacher_with_passages_into_a_hyperlora_student_closed_
         optimizer.step()
         kds.append(loss.kd.item())
     network.eval()
-    assert kds[-1] < kds[0] - 0.05, kds
+    assert_falls(kds, by=0.05)
     assert all(p.grad is None for p in student.model.parameters()) and all(p.grad is None for p in teacher.model.parameters())

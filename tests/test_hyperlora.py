@@ -13,6 +13,7 @@ from iagbench_plugins.hyperlora.hypernetwork import Whitening
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
 from iagbench_plugins.readers.causal_lm import CausalLMReader
 from lora_adapters import random_lora_adapter
+from trends import assert_falls
 
 QUESTIONS = ["who wrote the iliad", "where is lake titicaca", "how many legs does a spider have"]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -109,7 +110,7 @@ def test_training_the_hypernetwork_lowers_the_answer_loss(reader: CausalLMReader
         losses.append(loss.item())
     network.eval()
     # A frozen random tiny model bounds its logits (log 259 = 5.56 is chance): a drop of 0.5 is a real one.
-    assert losses[-1] < losses[0] - 0.5 and losses[-1] == min(losses)
+    assert_falls(losses, by=0.5)
     assert all(p.grad is None for p in reader.model.parameters())  # the reader stays frozen
 
 

@@ -14,6 +14,7 @@ from iagbench_plugins.hyperlora.adapters import T5_DEFAULT_TARGETS, T5_TARGETS, 
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer, model_shapes
 from iagbench_plugins.readers.fid import FiDReader
 from lora_adapters import random_lora_adapter
+from trends import assert_falls
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -181,14 +182,17 @@ def test_hyperlora_trains_through_frozen_fid_tiny_and_a_run_uses_it(tmp_path, in
     output = tmp_path / "trained"
     code, _, err = invoke_cli(
         "train", "--dataset", "sample", "--imaginer", "hyperlora", "--imaginer-args", options, "--reader", "fid-tiny",
-        "--reader-args", "train=none,train_answer=first", "--limit", "16", "--steps", "6", "--batch-size", "4",
-        "--lr", "0.01", "--schedule", "constant", "--log-every", "1", "--save-every", "6", "--output", str(output),
+        "--reader-args", "train=none,train_answer=first", "--limit", "12", "--steps", "8", "--batch-size", "12",
+        "--lr", "0.01", "--schedule", "constant", "--log-every", "1", "--save-every", "8", "--output", str(output),
         "--no-progress",
     )  # fmt: skip
     assert code == 0, err
     losses = [r["loss"] for r in read_log(output)]
-    assert len(losses) == 6 and losses[-1] < losses[0] - 0.2, losses
-    final = output / "checkpoints" / "step-000006"
+    # one fixed batch of 12 every step, so the loss falls steadily (5.89 -> 5.10 over the first and last two
+    # steps on an AMD EPYC); 16 examples in batches of 4 made each step's loss a different batch's
+    assert len(losses) == 8
+    assert_falls(losses, by=0.3)
+    final = output / "checkpoints" / "step-000008"
     assert (final / "imaginer.safetensors").is_file() and not (final / "reader.safetensors").exists()
 
     run = tmp_path / "run"

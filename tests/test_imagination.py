@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from statistics import fmean
 
 import pytest
 import torch
@@ -179,7 +180,7 @@ def test_imagine_trains_on_pairs_and_its_checkpoint_generates_what_it_learned(pl
     )
     log = read_log(output)
     losses = [r["loss"] for r in log if "loss" in r]
-    assert losses[-1] < 0.05 < 2.0 < losses[0]
+    assert fmean(losses[-3:]) < 0.05 and fmean(losses[:3]) > 2.0, losses  # it learns the pairs by heart
     assert "eval_em" in log[-1]  # evaluation ran the trained imaginer and the reader
     checkpoint = output / "checkpoints" / "step-000080"
     assert (checkpoint / "imaginer.safetensors").is_file() and not (checkpoint / "reader.safetensors").exists()
