@@ -27,7 +27,7 @@ from tabulate import tabulate
 from transformers.modeling_outputs import BaseModelOutput
 
 from iagbench import Context, Example, Passage
-from iagbench_plugins.readers import t5_models
+from iagbench.lm import t5_models
 from iagbench_plugins.readers.fid import FiDReader, StaticSeq2SeqDecoder, greedy_decode_seq2seq
 
 SHAPES = {

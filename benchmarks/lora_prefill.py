@@ -18,8 +18,8 @@ import torch
 from tabulate import tabulate
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from iagbench_plugins.hyperlora.adapters import LLAMA_TARGETS, BatchedLoRA, LoRAAdapter
-from iagbench_plugins.readers.models import LLAMA_2_SHAPES
+from iagbench.lm.lora import LLAMA_TARGETS, BatchedLoRA, LoRAAdapter
+from iagbench.lm.models import LLAMA_2_SHAPES
 
 SHAPES = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

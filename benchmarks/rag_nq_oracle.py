@@ -24,8 +24,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from iagbench.plugins import load_plugins
-from iagbench.runner import RunSpec, run
+from iagbench.contract.plugins import load_plugins
+from iagbench.runs.runner import RunSpec, run
 from iagbench_plugins.metrics.dpr_tokenizer import has_answer_at_k
 
 KS = (1, 5, 20)

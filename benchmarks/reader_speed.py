@@ -34,9 +34,9 @@ import torch
 from tabulate import tabulate
 
 from iagbench import Context, Example
-from iagbench.plugins import load_plugins
-from iagbench.runner import batches
-from iagbench_plugins.metrics.normalize import exact_match, subspan_em
+from iagbench.contract.plugins import load_plugins
+from iagbench.runs.runner import batches
+from iagbench.text.normalize import exact_match, subspan_em
 from iagbench_plugins.readers.causal_lm import CausalLMReader
 
 

@@ -1,11 +1,12 @@
 """iagbench: a plugin-based benchmark harness for open-domain question answering."""
 
-from .components import Dataset, Imaginer, Metric, Reader
-from .errors import ConfigurationError, DataError, IagbenchError, UnknownNameError
-from .hookspecs import hookimpl
-from .types import Answer, Context, Example, Passage
+from iagbench.contract.adapters import LoRAAdapter
+from iagbench.contract.components import Dataset, Imaginer, Metric, Reader
+from iagbench.contract.errors import ConfigurationError, DataError, IagbenchError, UnknownNameError
+from iagbench.contract.hookspecs import hookimpl
+from iagbench.contract.types import Answer, Context, Example, Passage
 
-__version__ = "0.1.0"
+from iagbench.version import __version__
 
 __all__ = [
     "Answer",
@@ -16,6 +17,7 @@ __all__ = [
     "Example",
     "IagbenchError",
     "Imaginer",
+    "LoRAAdapter",
     "Metric",
     "Passage",
     "Reader",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from iagbench.plugins import default_plugins, load_plugins
+from iagbench.contract.plugins import default_plugins, load_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("IAGBENCH_DATA") or REPO.parent / "shared" / "data")
@@ -137,7 +137,7 @@ def cli(iagbench_cli):
 
 @pytest.fixture(scope="session")
 def invoke_cli():
-    """``invoke_cli(*args, plugin_files=...)`` calls `iagbench.cli.main` in this process: (code, stdout, stderr)."""
+    """``invoke_cli(*args, plugin_files=...)`` calls `iagbench.commands.main.main` in this process: (code, stdout, stderr)."""
     return invoke
 
 
@@ -161,8 +161,8 @@ def _plugin_env(plugin_files: tuple[Path, ...]):
 
 
 def invoke(*args: str, plugin_files: tuple[Path, ...] = ()) -> tuple[int, str, str]:
-    """Call `iagbench.cli.main` in this process; return (exit code, stdout, stderr)."""
-    from iagbench.cli import main
+    """Call `iagbench.commands.main.main` in this process; return (exit code, stdout, stderr)."""
+    from iagbench.commands.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with _plugin_env(plugin_files), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

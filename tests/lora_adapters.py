@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from iagbench_plugins.hyperlora.adapters import LoRAAdapter, target_modules
+from iagbench.lm.lora import LoRAAdapter, target_modules
 
 
 def random_lora_adapter(

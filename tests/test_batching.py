@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from iagbench import Imaginer, Reader
-from iagbench.batching import AUTO_CPU, AUTO_START, BatchSizer
-from iagbench.errors import ConfigurationError
-from iagbench.plugins import load_plugins
-from iagbench.processes import Processes
-from iagbench.runner import RunSpec, ordered_examples, predict, run
+from iagbench.runs.batching import AUTO_CPU, AUTO_START, BatchSizer
+from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.plugins import load_plugins
+from iagbench.runs.processes import Processes
+from iagbench.runs.runner import RunSpec, ordered_examples, predict, run
 from iagbench_plugins.datasets.sample import Sample
 from iagbench_plugins.imaginers import NoImagination
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage
-from iagbench_plugins.hyperlora.adapters import LoRAAdapter
+from iagbench.lm.lora import LoRAAdapter
 from iagbench_plugins.readers.causal_lm import CausalLMReader, shared_prefix_length
-from iagbench_plugins.readers.decoding import greedy_decode, stop_token_ids
-from iagbench_plugins.readers.models import PRESETS, resolve_model
+from iagbench.lm.decoding import greedy_decode, stop_token_ids
+from iagbench.lm.models import PRESETS, resolve_model
 from iagbench_plugins.readers.prompts import extract_short_answer, get_template
 from lora_adapters import random_lora_adapter
 
@@ -157,7 +157,7 @@ def test_resolve_model(tmp_path) -> None:
 
 
 def test_random_presets_of_real_shapes_are_built_in_place_in_the_asked_dtype(monkeypatch) -> None:
-    from iagbench_plugins.readers import models
+    from iagbench.lm import models
 
     assert models.PRESETS["llama-13b-random"].random_config["hidden_size"] == 5120
     assert resolve_model("llama-7b-random").describe()["random_init"] is True

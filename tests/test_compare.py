@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from iagbench.compare import compare
-from iagbench.runner import RunSpec, run
-from iagbench.stats import bootstrap_interval, mcnemar, paired_bootstrap
+from iagbench.analysis.compare import compare
+from iagbench.runs.runner import RunSpec, run
+from iagbench.analysis.stats import bootstrap_interval, mcnemar, paired_bootstrap
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -149,7 +149,7 @@ def test_report_bars_and_error_bars_are_the_means_and_bootstrap_intervals(runs, 
     from matplotlib.axes import Axes
 
     from iagbench import plot
-    from iagbench.runs import RunFolder
+    from iagbench.runs.folder import RunFolder
 
     drawn = []
     original = Axes.bar

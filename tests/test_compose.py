@@ -8,11 +8,11 @@ import json
 import pytest
 
 from iagbench import ConfigurationError, Context, Example, Imaginer, Passage, Reader, UnknownNameError, hookimpl
-from iagbench.components import Trainable
-from iagbench.compose import CompositeImaginer
-from iagbench.plugins import load_plugins
-from iagbench.runner import Resolved, check_compatible, plugin_versions
-from iagbench.train import TrainSpec, read_log, train
+from iagbench.contract.components import Trainable
+from iagbench.contract.compose import CompositeImaginer
+from iagbench.contract.plugins import load_plugins
+from iagbench.runs.runner import Resolved, check_compatible, plugin_versions
+from iagbench.training.train import TrainSpec, read_log, train
 
 EXAMPLES = [Example("q1", "who wrote the iliad", ("Homer",)), Example("q2", "where is lima", ("Peru",))]
 

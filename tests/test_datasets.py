@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iagbench import ConfigurationError, DataError, Example, Passage
-from iagbench.plugins import load_plugins
+from iagbench.contract.plugins import load_plugins
 from iagbench_plugins.datasets import formats
 from iagbench_plugins.datasets.qa import FidJson, NaturalQuestions, TriviaQA, WebQuestions
 from iagbench_plugins.datasets.sample import Sample
@@ -407,7 +407,7 @@ def test_plugin_module_imports_neither_torch_nor_datasets(tmp_path):
     code = f"""
 import sys
 import iagbench_plugins.datasets as plugin
-from iagbench.plugins import load_plugins
+from iagbench.contract.plugins import load_plugins
 registry = load_plugins(entry_points=False, plugin_files=(), extra=(plugin,))["datasets"]
 assert len(list(registry.get("nq").build(path={str(data)!r}).load("test"))) == 1
 heavy = sorted(m for m in ("torch", "datasets", "pandas", "transformers") if m in sys.modules)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from iagbench import Context, Example, Passage
 from trends import assert_falls
-from iagbench_plugins.distill.loss import (
+from iagbench.lm.distill import (
     attention_mse_loss,
     cross_entropy_loss,
     distillation_loss,

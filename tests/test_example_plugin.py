@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from iagbench import ConfigurationError, Example, Passage
-from iagbench.plugins import load_plugins
-from iagbench.registry import Entry
-from iagbench.runner import check_compatible
+from iagbench.contract.plugins import load_plugins
+from iagbench.contract.registry import Entry
+from iagbench.runs.runner import check_compatible
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "iagbench-example-plugin"

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from iagbench import ConfigurationError, Context, Example, Passage
-from iagbench.train import TrainSpec, read_log, train
+from iagbench.training.train import TrainSpec, read_log, train
 from iagbench_plugins.datasets.sample import Sample
 from iagbench_plugins.readers.fid import FID_FORMAT, FiDReader, greedy_decode_seq2seq
-from iagbench_plugins.readers.t5_models import fid_to_t5_key
+from iagbench.lm.t5_models import fid_to_t5_key
 from trends import assert_falls
 
 MAX_NEW = 6
@@ -161,7 +161,7 @@ def test_static_cache_decoding_equals_the_default(reader):
 
 
 def test_static_cache_with_adapters_equals_the_default(reader):
-    from iagbench_plugins.hyperlora.adapters import LoRAAdapter, target_modules
+    from iagbench.lm.lora import LoRAAdapter, target_modules
 
     targets = ("enc_q", "dec_v", "cross_q")
     modules = target_modules(reader.model, targets)

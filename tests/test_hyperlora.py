@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from iagbench import ConfigurationError, Context, Example
-from iagbench_plugins.hyperlora.adapters import LoRAAdapter, target_modules
+from iagbench.lm.lora import LoRAAdapter, target_modules
 from iagbench_plugins.hyperlora.hypernetwork import Whitening
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
 from iagbench_plugins.readers.causal_lm import CausalLMReader

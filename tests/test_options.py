@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from iagbench import ConfigurationError
-from iagbench.options import parse_options, parse_value
+from iagbench.contract.options import parse_options, parse_value
 
 
 def test_json_scalars_keep_their_types():

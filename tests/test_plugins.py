@@ -15,9 +15,9 @@ import pytest
 
 import iagbench
 from iagbench import ConfigurationError, Context, Imaginer, Reader, UnknownNameError, hookimpl
-from iagbench.plugins import builtin_entry_points, load_plugins
-from iagbench.registry import Entry, Registry
-from iagbench.runner import RunSpec, check_compatible, resolve, run
+from iagbench.contract.plugins import builtin_entry_points, load_plugins
+from iagbench.contract.registry import Entry, Registry
+from iagbench.runs.runner import RunSpec, check_compatible, resolve, run
 from iagbench_plugins.imaginers import NoImagination
 
 BUILTINS = {  # plugin -> kind -> names it registers
@@ -108,7 +108,7 @@ def test_third_party_entry_point_is_discovered(tmp_path, monkeypatch):
 
             @hookimpl
             def register_imaginers(register):
-                register("thirdparty-imaginer", "iagbench.runner:DEFAULT_RUNS_DIR", description="probe")
+                register("thirdparty-imaginer", "iagbench.runs.runner:DEFAULT_RUNS_DIR", description="probe")
             """
         )
     )
@@ -267,7 +267,7 @@ def test_list_and_plugins_commands_import_neither_torch_nor_transformers():
     code = textwrap.dedent(
         """
         import sys
-        from iagbench.cli import main
+        from iagbench.commands.main import main
         assert main(["list"]) == 0
         assert main(["list", "readers"]) == 0
         assert main(["plugins"]) == 0

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from iagbench.baselines import MetricCheck
-from iagbench.stats import Interval
+from iagbench.analysis.baselines import MetricCheck
+from iagbench.analysis.stats import Interval
 
 BENCHMARK = textwrap.dedent(
     '''
@@ -64,8 +64,8 @@ def project(tmp_path) -> Path:
 
 def test_the_plugin_is_a_pytest11_entry_point_and_imports_nothing_heavy():
     points = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "iagbench"]
-    assert [ep.value for ep in points] == ["iagbench.pytest_plugin"]
-    code = "import sys, iagbench.pytest_plugin; print(sorted(m for m in ('torch', 'numpy', 'transformers', 'matplotlib') if m in sys.modules))"
+    assert [ep.value for ep in points] == ["iagbench.analysis.pytest_plugin"]
+    code = "import sys, iagbench.analysis.pytest_plugin; print(sorted(m for m in ('torch', 'numpy', 'transformers', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from iagbench import ConfigurationError
-from iagbench.cli import build_parser
-from iagbench.recipes import SHIPPED, available, expand, load
+from iagbench.commands.main import build_parser
+from iagbench.commands.recipes import SHIPPED, available, expand, load
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "plugins" / "sample_data" / "passages.jsonl"
@@ -96,7 +96,7 @@ IMAGINER = {  # tiny settings merged into the recipes' imaginer options
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """The fid-teacher recipe trained for two steps (the ImcQA recipes' teacher and student weights)."""
-    from iagbench.cli import main
+    from iagbench.commands.main import main
 
     output = tmp_path_factory.mktemp("trained") / "fid-teacher"
     assert main(["train", "--recipe", "fid-teacher", *COMMON, "--set", f"train_output={output}", *TRAIN_SMALL]) == 0
@@ -139,7 +139,7 @@ def test_fid_teacher_trains_then_runs(invoke_cli, tmp_path, teacher):
 @pytest.fixture(scope="module")
 def hypernetwork(tmp_path_factory, teacher):
     """A hypernetwork trained for two steps on the answer loss alone (no teacher), through the teacher's frozen weights."""
-    from iagbench.cli import main
+    from iagbench.commands.main import main
 
     output = tmp_path_factory.mktemp("trained") / "hyperlora"
     assert main(["train", "--imaginer", "hyperlora", "--imaginer-args", "model=fid-tiny," + IMAGINER["imcqa-0"],

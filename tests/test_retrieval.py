@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from iagbench import ConfigurationError, DataError, Example, Passage
-from iagbench.cache import cache_root
+from iagbench.files.cache import cache_root
 from iagbench_plugins.datasets.qa import FidJson
 from iagbench_plugins.datasets.sample import Sample
 from iagbench_plugins.imaginers.given import GivenPassages
@@ -424,7 +424,7 @@ def test_run_with_bm25_writes_has_answer_at_k(invoke_cli, tmp_path):
 
 def test_listing_imports_neither_bm25s_nor_torch():
     code = (
-        "import sys; from iagbench.cli import main; main(['list', 'imaginers']);"
+        "import sys; from iagbench.commands.main import main; main(['list', 'imaginers']);"
         "heavy = [m for m in ('bm25s', 'torch', 'sentence_transformers') if m in sys.modules]; assert not heavy, heavy"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 import iagbench
-from iagbench.errors import RunFolderError
-from iagbench.runner import RunSpec, run
-from iagbench.runs import config_hash
-from iagbench.types import Passage
+from iagbench.contract.errors import RunFolderError
+from iagbench.runs.runner import RunSpec, run
+from iagbench.runs.folder import config_hash
+from iagbench.contract.types import Passage
 from iagbench_plugins.datasets.sample import Sample
 from iagbench_plugins.metrics import F1, ExactMatch, HasAnswer, SubspanEM
 from iagbench_plugins.metrics.dpr_tokenizer import has_answer_at_k
-from iagbench_plugins.metrics.normalize import exact_match, f1, subspan_em
+from iagbench.text.normalize import exact_match, f1, subspan_em
 
 TINY = ("--reader", "tiny-llama", "--limit", "12", "--batch-size", "4", "--reader-args", "max_new_tokens=3", "--no-progress")
 RUN_FILES = ("config.json", "env.json", "predictions.jsonl", "results.json", "components.json")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from iagbench.errors import ConfigurationError, ProcessesError, RunFolderError
-from iagbench.plugins import load_plugins
-from iagbench.processes import Processes, shard_of
-from iagbench.runner import RunSpec, run
+from iagbench.contract.errors import ConfigurationError, ProcessesError, RunFolderError
+from iagbench.contract.plugins import load_plugins
+from iagbench.runs.processes import Processes, shard_of
+from iagbench.runs.runner import RunSpec, run
 from iagbench_plugins.datasets.sample import Sample
 
 SAMPLE_TEST = Sample().load("test")
@@ -38,9 +38,9 @@ def read(folder: Path, name: str) -> dict:
 
 
 def torchrun(nproc: int, *args: str, cwd: Path, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
-    """``python -m torch.distributed.run --nproc_per_node N -m iagbench.cli run ARGS`` (no process group)."""
+    """``python -m torch.distributed.run --nproc_per_node N -m iagbench.commands.main run ARGS`` (no process group)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "iagbench.cli", "run", *args]  # fmt: skip
+               "-m", "iagbench.commands.main", "run", *args]  # fmt: skip
     return subprocess.Popen(
         command, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, text=True, **popen
     )

@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-from iagbench.cache import file_sha256
-from iagbench.checkpoints import CHECKPOINTS, step_folder_name, write_latest
-from iagbench.runner import RunSpec, run
-from iagbench.sources import component_identity, path_fingerprint, source_fingerprints
+from iagbench.files.cache import file_sha256
+from iagbench.training.checkpoints import CHECKPOINTS, step_folder_name, write_latest
+from iagbench.runs.runner import RunSpec, run
+from iagbench.runs.sources import component_identity, path_fingerprint, source_fingerprints
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PASSAGES = REPO / "plugins" / "sample_data" / "passages.jsonl"

@@ -1,4 +1,4 @@
-"""iagbench.stats: bootstrap intervals and McNemar's exact test, against closed forms and scipy."""
+"""iagbench.analysis.stats: bootstrap intervals and McNemar's exact test, against closed forms and scipy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from iagbench.stats import (
+from iagbench.analysis.stats import (
     Interval,
     binomial_two_sided,
     bootstrap_interval,
@@ -41,7 +41,7 @@ def test_bootstrap_width_matches_the_normal_approximation_of_a_proportion():
 
 
 def test_bootstrap_chunks_give_the_same_means_as_one_draw(monkeypatch):
-    import iagbench.stats as stats
+    import iagbench.analysis.stats as stats
 
     values = coin_flips(50, 0.4, seed=3)
     whole = bootstrap_means(values, samples=300, seed=5)

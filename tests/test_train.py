@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from iagbench.checkpoints import load_trainable, resolve_checkpoint
-from iagbench.errors import ConfigurationError, RunFolderError
-from iagbench.plugins import load_plugins
-from iagbench.train import TrainSpec, lr_scheduler, read_deepspeed_config, read_log, train
+from iagbench.training.checkpoints import load_trainable, resolve_checkpoint
+from iagbench.contract.errors import ConfigurationError, RunFolderError
+from iagbench.contract.plugins import load_plugins
+from iagbench.training.train import TrainSpec, lr_scheduler, read_deepspeed_config, read_log, train
 from trends import assert_falls
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from iagbench.errors import ConfigurationError, RunFolderError
-from iagbench.plugins import load_plugins
-from iagbench.runner import load_examples
-from iagbench.train import TrainSpec, _Stream, read_log, train
+from iagbench.contract.errors import ConfigurationError, RunFolderError
+from iagbench.contract.plugins import load_plugins
+from iagbench.runs.runner import load_examples
+from iagbench.training.train import TrainSpec, _Stream, read_log, train
 from trends import assert_falls
 
 HYPERLORA = {"model": "fid-tiny", "rank": 4, "hidden": 32, "feature_dims": 8, "encoder": "hashing", "device": "cpu"}
@@ -68,7 +68,7 @@ def spec(output: Path, **changes) -> TrainSpec:
 
 def test_logged_loss_is_distillation_loss_of_the_batch(tmp_path, plugins):
     """Step 2's logged loss, kd and ce equal distillation_loss computed here from the step-1 checkpoint on step 2's examples."""
-    from iagbench_plugins.distill.loss import distillation_loss, temperature_at
+    from iagbench.lm.distill import distillation_loss, temperature_at
     from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
     from iagbench_plugins.readers.fid import FiDReader
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from iagbench.errors import ConfigurationError, RunFolderError
-from iagbench.train import TrainSpec, _Layout, _Stream, read_deepspeed_config, read_log, train
+from iagbench.contract.errors import ConfigurationError, RunFolderError
+from iagbench.training.train import TrainSpec, _Layout, _Stream, read_deepspeed_config, read_log, train
 
 from test_train import (  # noqa: F401  (reference and toy_plugins are fixtures)
     ACCUM,

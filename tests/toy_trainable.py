@@ -14,8 +14,8 @@ import zlib
 import torch
 
 from iagbench import ConfigurationError, Context, Imaginer, Reader, hookimpl
-from iagbench.checkpoints import load_trainable
-from iagbench.components import Trainable
+from iagbench.training.checkpoints import load_trainable
+from iagbench.contract.components import Trainable
 
 FEATURES = 64
 HIDDEN = 16

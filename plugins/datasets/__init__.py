@@ -6,7 +6,7 @@ readers nor ``datasets``.
 
 from __future__ import annotations
 
-from iagbench.hookspecs import Register, hookimpl
+from iagbench.contract.hookspecs import Register, hookimpl
 
 _QA = "iagbench_plugins.datasets.qa"
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from iagbench.errors import ConfigurationError, DataError
-from iagbench.types import Example, Passage
+from iagbench.contract.errors import ConfigurationError, DataError
+from iagbench.contract.types import Example, Passage
 
 FORMATS = ("dpr-csv", "jsonl", "json")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from iagbench.errors import ConfigurationError, DataError
-from iagbench.types import Example
+from iagbench.contract.errors import ConfigurationError, DataError
+from iagbench.contract.types import Example
 
 from .formats import IdMaker, RecordError
 

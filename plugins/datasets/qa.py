@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from iagbench.components import Dataset
-from iagbench.errors import ConfigurationError
-from iagbench.types import Example
+from iagbench.contract.components import Dataset
+from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.types import Example
 
 from . import formats, hub
 from .formats import RecordError, StableIds, check_answers, check_question

@@ -15,9 +15,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, ClassVar
 
-from iagbench.components import Dataset
-from iagbench.errors import ConfigurationError, DataError
-from iagbench.types import Example, Passage
+from iagbench.contract.components import Dataset
+from iagbench.contract.errors import ConfigurationError, DataError
+from iagbench.contract.types import Example, Passage
 
 from .formats import RecordError, check_answers, check_question, json_lines
 

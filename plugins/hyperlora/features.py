@@ -43,7 +43,7 @@ def build_encoder(encoder: str, device: str) -> Any:
     """``hashing``, ``minilm`` (the all-MiniLM-L6-v2 wheel), or any model the `dense` retriever resolves."""
     if encoder == "hashing":
         return HashingEncoder()
-    from iagbench_plugins.retrieval.dense import DEFAULT_MODEL, resolve_model
+    from iagbench.lm.encoders import DEFAULT_MODEL, resolve_model
 
     _, folder = resolve_model(DEFAULT_MODEL if encoder == "minilm" else encoder)
     return SentenceEncoder(str(folder), device)

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from iagbench import ConfigurationError, Context, Example, Imaginer
-from iagbench.components import Trainable
-from iagbench.devices import pick_device
+from iagbench.contract.components import Trainable
+from iagbench.lm.devices import pick_device
 
-from .adapters import LoRAAdapter, architecture_of, target_shapes
+from iagbench.lm.lora import LoRAAdapter, architecture_of, target_shapes
 from .features import build_encoder
 from .hypernetwork import HyperNetwork
 
@@ -25,8 +25,8 @@ def reader_skeleton(model: str) -> torch.nn.Module:
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, T5Config
 
-    from iagbench_plugins.readers.models import resolve_model
-    from iagbench_plugins.readers.t5_models import T5_PRESETS, resolve_t5
+    from iagbench.lm.models import resolve_model
+    from iagbench.lm.t5_models import T5_PRESETS, resolve_t5
 
     source = resolve_t5(model) if model in T5_PRESETS else resolve_model(model)
     try:
@@ -91,7 +91,7 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         self.network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden).to(self.device)
         self.checkpoint = checkpoint
         if checkpoint:
-            from iagbench.checkpoints import load_trainable
+            from iagbench.training.checkpoints import load_trainable
 
             load_trainable(self, checkpoint, "imaginer")
         self.network.eval()

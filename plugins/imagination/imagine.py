@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from iagbench import ConfigurationError, Context, DataError, Example, Imaginer, Passage
-from iagbench.cache import file_sha256
-from iagbench.components import Trainable
-from iagbench.jsonl import json_objects
+from iagbench.files.cache import file_sha256
+from iagbench.contract.components import Trainable
+from iagbench.files.jsonl import json_objects
 
 from .lm import CausalLM, check_positive
 
@@ -82,7 +82,7 @@ class ImagineImaginer(Imaginer, Trainable):
         full = dtype == "auto" and not lora_rank and train  # fp32 master weights for full fine-tuning
         self.lm = CausalLM(model, dtype="fp32" if full else dtype, device=device, seed=seed)
         if lora_rank:
-            from iagbench_plugins.readers.causal_lm import add_peft_lora
+            from iagbench.lm.peft_lora import add_peft_lora
 
             self.lm.model.requires_grad_(False)
             self.module = add_peft_lora(self.lm, lora_rank)  # wraps self.lm.model; returns the LoRA weights
@@ -93,7 +93,7 @@ class ImagineImaginer(Imaginer, Trainable):
         self.pairs = read_pairs(pairs) if pairs else None
         self.checkpoint = checkpoint
         if checkpoint:
-            from iagbench.checkpoints import load_trainable
+            from iagbench.training.checkpoints import load_trainable
 
             self.checkpoint = str(load_trainable(_Weights(self.module), checkpoint, "imaginer"))
         if not train:  # frozen: e.g. the explicit part of imagine+hyperlora while the hypernetwork trains

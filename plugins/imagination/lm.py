@@ -9,10 +9,9 @@ from typing import Any
 import torch
 
 from iagbench import ConfigurationError
-from iagbench.devices import pick_device
-from iagbench_plugins.readers.causal_lm import end_token_ids, pick_dtype
-from iagbench_plugins.readers.decoding import greedy_decode
-from iagbench_plugins.readers.models import load_model, resolve_model
+from iagbench.lm.devices import pick_device
+from iagbench.lm.decoding import greedy_decode
+from iagbench.lm.models import end_token_ids, load_model, pick_dtype, resolve_model
 
 
 def check_positive(value: Any, name: str, component: str) -> int:

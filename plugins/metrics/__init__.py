@@ -8,7 +8,7 @@ from typing import ClassVar
 from iagbench import Metric, Passage, hookimpl
 
 from .dpr_tokenizer import has_answer_at_k
-from .normalize import exact_match, f1, subspan_em
+from iagbench.text.normalize import exact_match, f1, subspan_em
 
 HAS_ANSWER_KS = (1, 5, 20, 100)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import regex
 
-from iagbench.types import Passage
+from iagbench.contract.types import Passage
 
 
 class SimpleTokenizer:

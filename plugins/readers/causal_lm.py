@@ -8,26 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
-from iagbench.components import Trainable
-from iagbench.devices import pick_device
+from iagbench.contract.components import Trainable
+from iagbench.lm.devices import pick_device
 
-from .adapter_host import AdapterHost
-from .decoding import StaticDecoder, cache_keyword, check_decoding_options, greedy_decode, stop_token_ids
-from .models import load_model, resolve_model
+from iagbench.lm.adapter_host import AdapterHost
+from iagbench.lm.decoding import StaticDecoder, cache_keyword, check_decoding_options, greedy_decode, stop_token_ids
+from iagbench.lm.models import end_token_ids, load_model, pick_dtype, resolve_model
+from iagbench.lm.peft_lora import add_peft_lora
 from .prompts import get_template
-
-
-def pick_dtype(dtype: str, device: str) -> Any:
-    """bf16 on CUDA, fp32 on the CPU, unless asked otherwise."""
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                "fp32": torch.float32, "float32": torch.float32}[dtype]
-    except KeyError:
-        raise ConfigurationError(f"reader option dtype={dtype!r}: expected auto, bf16, fp16 or fp32") from None
 
 
 class CausalLMReader(AdapterHost, Reader, Trainable):
@@ -88,7 +76,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         if checkpoint:
             if self._peft is None:
                 raise ConfigurationError("reader option checkpoint=... needs lora_rank=R (the rank it was trained with)")
-            from iagbench.checkpoints import load_trainable
+            from iagbench.training.checkpoints import load_trainable
 
             load_trainable(self, checkpoint, "reader")
         self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
@@ -282,41 +270,6 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     while length < limit and all(row[length] == first[length] for row in rows):
         length += 1
     return length if length >= MIN_SHARED_PREFIX else 0
-
-
-def peft_targets(model: Any) -> list[str]:
-    """The peft LoRA baseline's default target modules, by architecture: the seven Llama projections, or
-    T5's ``q`` and ``v`` in every attention block (encoder and decoder self-attention, cross-attention)."""
-    from iagbench_plugins.hyperlora.adapters import LLAMA_TARGETS, architecture_of
-
-    return ["q", "v"] if architecture_of(model).name == "t5" else list(LLAMA_TARGETS)
-
-
-def add_peft_lora(reader: Any, rank: int, targets: Sequence[str] | None = None) -> Any:
-    """Wrap ``reader.model`` with a trainable peft LoRA (targets: ``peft_targets`` of its architecture);
-    return its LoRA weights (what trains and what a checkpoint holds)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigurationError(f"reader option lora_rank={rank!r}: expected a positive integer")
-    modules = list(targets) if targets else peft_targets(reader.model)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules)
-    reader.model = get_peft_model(reader.model, config)
-    weights = torch.nn.ModuleDict()
-    for name, module in reader.model.named_modules():
-        if hasattr(module, "lora_A") and len(module.lora_A):
-            weights[name.replace(".", "__")] = torch.nn.ModuleDict({"A": module.lora_A, "B": module.lora_B})
-    return weights
-
-
-def end_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """End-of-sequence ids from the generation config and the tokenizer."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)
 
 
 smollm2_135m = functools.partial(CausalLMReader, model="smollm2-135m")

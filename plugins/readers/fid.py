@@ -31,7 +31,7 @@ distillation.
 
 Adapters. Each example's LoRA (context kind ``adapter``, e.g. from the `hyperlora` imaginer with
 ``model=fid-...``; targets ``enc_q, enc_v, dec_q, dec_v, cross_q, cross_v`` and the others listed
-in ``iagbench_plugins.hyperlora.adapters``) is applied with the causal-lm reader's batched hooks
+in ``iagbench.lm.lora``) is applied with the causal-lm reader's batched hooks
 (``BatchedLoRA``): in the encoder every passage row gets its example's LoRA (the row map is
 ``Encoded.rows``, per encoder chunk), in the decoder every example's row gets its own, rows leaving
 the batch as their answers end (``on_select``), beams of one example sharing its LoRA. The answer,
@@ -47,13 +47,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
-from iagbench.components import Trainable
-from iagbench.devices import pick_device
+from iagbench.contract.components import Trainable
+from iagbench.lm.devices import pick_device
+from iagbench.lm.models import pick_dtype
 
-from .adapter_host import AdapterHost
-from .causal_lm import pick_dtype
-from .decoding import StaticDecoder, cache_keyword, check_decoding_options, cut_after_end, static_cache_length
-from .t5_models import load_t5, resolve_t5
+from iagbench.lm.adapter_host import AdapterHost
+from iagbench.lm.decoding import StaticDecoder, cache_keyword, check_decoding_options, cut_after_end, static_cache_length
+from iagbench.lm.t5_models import load_t5, resolve_t5
 
 TRAIN_MODES = ("full", "lora", "none")
 TRAIN_ANSWERS = ("random", "first")
@@ -166,7 +166,7 @@ class FiDReader(AdapterHost, Reader, Trainable):
         self.lora_rank = lora_rank
         self._peft: Any = None
         if lora_rank:  # the LoRA baseline: peft LoRA on q and v of every attention block; the T5 stays frozen
-            from .causal_lm import add_peft_lora
+            from iagbench.lm.peft_lora import add_peft_lora
 
             self._peft = add_peft_lora(self, lora_rank)
             self.model = self.model.get_base_model()  # the T5 itself, its LoRA layers in place
@@ -178,7 +178,7 @@ class FiDReader(AdapterHost, Reader, Trainable):
         self._cache_key = cache_keyword(self.model)
         self.checkpoint = None
         if checkpoint:
-            from iagbench.checkpoints import load_trainable
+            from iagbench.training.checkpoints import load_trainable
 
             # The checkpoint holds the whole T5 (trained with train=full) or, with lora_rank, the LoRA weights;
             # it loads whatever train= is now.

@@ -2,13 +2,13 @@
 
 Each takes ``corpus=`` (a DPR passages TSV, ``{id,title,text}`` JSON lines, or FlashRAG
 ``{id,contents}`` JSON lines) and ``k=``, builds its index once into the cache
-(``iagbench.cache.cache_root()/indexes``) and reuses it. Factories are lazy ``"module:attribute"``
+(``iagbench.files.cache.cache_root()/indexes``) and reuses it. Factories are lazy ``"module:attribute"``
 strings: listing plugins imports neither bm25s nor torch.
 """
 
 from __future__ import annotations
 
-from iagbench.hookspecs import Register, hookimpl
+from iagbench.contract.hookspecs import Register, hookimpl
 
 _PACKAGE = "iagbench_plugins.retrieval"
 

@@ -31,10 +31,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from iagbench.cache import cached_sha256
-from iagbench.errors import ConfigurationError, DataError
-from iagbench.jsonl import json_objects
-from iagbench.types import Passage
+from iagbench.files.cache import cached_sha256
+from iagbench.contract.errors import ConfigurationError, DataError
+from iagbench.files.jsonl import json_objects
+from iagbench.contract.types import Passage
 
 from .index_cache import Index, ensure_index, log
 

@@ -15,7 +15,9 @@ from iagbench import ConfigurationError
 
 from .base import DEFAULT_K, CorpusRetriever, Hits, check_number, check_positive_int
 from .bm25 import BM25Index
-from .dense import DEFAULT_MODEL, DenseIndex, Encoder
+from iagbench.lm.encoders import DEFAULT_MODEL
+
+from .dense import DenseIndex, Encoder
 
 RRF_C = 60
 DEFAULT_DEPTH = 100

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iagbench.cache import cache_root, file_sha256
+from iagbench.files.cache import cache_root, file_sha256
 
 META = "meta.json"
 

@@ -25,7 +25,7 @@ from iagbench import (
     Reader,
     hookimpl,
 )
-from iagbench.jsonl import json_objects
+from iagbench.files.jsonl import json_objects
 
 WORD = re.compile(r"\w+")
 

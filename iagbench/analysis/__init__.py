@@ -1,0 +1,1 @@
+"""Analysis of finished runs: statistics, compare, report, plots, regression baselines, pytest plugin."""

@@ -1,0 +1,177 @@
+"""An lm-evaluation-harness model that answers ``generate_until`` requests with an iagbench imaginer + reader.
+
+    python -m iagbench.analysis.lm_eval_model run --model iagbench \\
+        --model_args imaginer=none,reader=smollm2-135m,reader.max_new_tokens=16 \\
+        --tasks my_task --include_path my_tasks/
+
+lm-eval 0.4 has no plugin entry points for models: importing this module registers the model
+``iagbench`` (``lm_eval.api.registry.register_model``), and ``python -m iagbench.analysis.lm_eval_model``
+is the ``lm_eval`` command line with that import done first. From Python::
+
+    import iagbench.analysis.lm_eval_model, lm_eval
+    lm_eval.simple_evaluate(model="iagbench", model_args="reader=smollm2-135m", tasks=[...])
+
+Model arguments: ``imaginer=`` (default ``none``), ``reader=`` (required), ``imaginer.KEY=VALUE``
+and ``reader.KEY=VALUE`` for the components' options, ``question_regex=`` (a pattern whose
+first group is the question; default: the last ``Q:``/``Question:`` line of the prompt, or the
+whole prompt when it has none), ``batch_size=`` (lm-eval's ``--batch_size``; ``auto`` means 16).
+The reader uses its own prompt and stopping rule; lm-eval's ``until`` strings then cut the
+answer at their first occurrence, as any lm-eval model does. ``max_gen_toks`` is ignored (use
+``reader.max_new_tokens=``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from typing import Any
+
+import lm_eval.models  # noqa: F401  (lm-eval's own models, lazily: registering ours first would hide them)
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.types import Example
+
+QUESTION_LINE = re.compile(r"^[ \t]*(?:Q|Question)[ \t]*:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+DEFAULT_BATCH = 16
+
+
+def question_from(context: str, pattern: str | None = None) -> str:
+    """The question inside an lm-eval prompt (see the module docstring)."""
+    if pattern:
+        match = re.search(pattern, context, re.DOTALL)
+        if not match:
+            raise ConfigurationError(f"question_regex {pattern!r} does not match the prompt {context[:200]!r}")
+        return (match.group(1) if match.groups() else match.group(0)).strip()
+    lines = [line for line in QUESTION_LINE.findall(context) if line]
+    return lines[-1] if lines else context.strip()
+
+
+def cut_at(text: str, until: Any) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    stops = [until] if isinstance(until, str) else list(until or [])
+    cut = len(text)
+    for stop in stops:
+        if stop:
+            position = text.find(stop)
+            if position != -1:
+                cut = min(cut, position)
+    return text[:cut]
+
+
+def _batch_size(value: Any) -> int:
+    if value is None or (isinstance(value, str) and value.startswith("auto")):
+        return DEFAULT_BATCH
+    size = int(value)
+    if size < 1:
+        raise ConfigurationError(f"batch_size {value}: expected a positive integer")
+    return size
+
+
+class IagbenchLM(LM):
+    """Answers each ``generate_until`` request's question with ``imaginer.imagine`` then ``reader.answer``."""
+
+    def __init__(
+        self,
+        reader: str | None = None,
+        imaginer: str | None = "none",
+        question_regex: str | None = None,
+        batch_size: Any = None,
+        max_batch_size: Any = None,
+        device: Any = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        from iagbench.contract.plugins import default_plugins
+        from iagbench.runs.runner import check_compatible
+
+        if not reader:
+            raise ConfigurationError("model_args needs reader=NAME (and optionally imaginer=NAME)")
+        imaginer = imaginer or "none"  # lm-eval parses imaginer=none into None
+        imaginer_args, reader_args = {}, {}
+        for key, value in options.items():
+            component, dot, option = key.partition(".")
+            if not dot or component not in ("imaginer", "reader") or not option.isidentifier():
+                raise ConfigurationError(
+                    f"unknown model argument '{key}': expected reader=, imaginer=, question_regex=, batch_size=, "
+                    "imaginer.OPTION= or reader.OPTION="
+                )
+            (imaginer_args if component == "imaginer" else reader_args)[option] = value
+        plugins = default_plugins()
+        imaginer_entry, reader_entry = plugins["imaginers"].get(imaginer), plugins["readers"].get(reader)
+        check_compatible(imaginer_entry, reader_entry)
+        self.imaginer = imaginer_entry.build(**imaginer_args)
+        self.reader = reader_entry.build(**reader_args)
+        self.question_regex = question_regex
+        self.batch_size = _batch_size(batch_size)
+        self.config = {
+            "imaginer": {"name": imaginer_entry.name, "options": imaginer_args},
+            "reader": {"name": reader_entry.name, "options": reader_args},
+        }
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"iagbench:{self.config['imaginer']['name']}+{self.config['reader']['name']}"
+
+    def answer(self, questions: list[str]) -> list[str]:
+        """The harness's answers to bare questions (batched by question length, returned in order)."""
+        from iagbench.runs.runner import batches
+
+        examples = [
+            Example(f"q-{hashlib.sha256(q.encode()).hexdigest()[:12]}-{i}", q, ()) for i, q in enumerate(questions)
+        ]
+        answers: dict[str, str] = {}
+        for batch in batches(examples, self.batch_size, "length"):
+            contexts = self.imaginer.imagine(batch)
+            predictions = self.reader.answer(batch, contexts)
+            if len(contexts) != len(batch) or len(predictions) != len(batch):
+                raise ConfigurationError(f"imaginer/reader returned a wrong number of outputs for a batch of {len(batch)}")
+            answers.update((example.id, str(prediction)) for example, prediction in zip(batch, predictions))
+        return [answers[example.id] for example in examples]
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        questions = [question_from(request.args[0], self.question_regex) for request in requests]
+        answers = self.answer(questions)
+        results = []
+        for request, answer in zip(requests, answers):
+            kwargs = request.args[1] if len(request.args) > 1 and isinstance(request.args[1], dict) else {}
+            text = cut_at(answer, kwargs.get("until"))
+            self.cache_hook.add_partial("generate_until", request.args, text)
+            results.append(text)
+        return results
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        raise NotImplementedError("the iagbench model answers generate_until tasks only (it has no log-likelihoods)")
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        raise NotImplementedError("the iagbench model answers generate_until tasks only (it has no log-likelihoods)")
+
+
+def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """iagbench's em, f1 and subspan_em (0..1) of a ``generate_until`` answer against ``doc["answers"]``
+    (or ``doc["answer"]``), for a task YAML: ``process_results: !function utils.process_results`` with
+    ``utils.py`` holding ``from iagbench.analysis.lm_eval_model import process_results``."""
+    from iagbench.text.normalize import exact_match, f1, subspan_em
+
+    answers = doc.get("answers", doc.get("answer"))
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    prediction = results[0]
+    return {"em": exact_match(prediction, answers), "f1": f1(prediction, answers), "subspan_em": subspan_em(prediction, answers)}
+
+
+def main() -> None:
+    """The ``lm_eval`` command line, with the ``iagbench`` model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
+
+
+if __name__ == "__main__":  # python -m iagbench.analysis.lm_eval_model: the module proper registers the model, once
+    from iagbench.analysis.lm_eval_model import main as _main
+
+    _main()
+else:
+    register_model("iagbench")(IagbenchLM)

@@ -1,0 +1,1 @@
+"""The `iagbench` command line: one module per command, shared argument groups, dispatch."""

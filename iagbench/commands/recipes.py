@@ -1,0 +1,324 @@
+"""Named recipes: one TOML (or JSON) file per row of the paper's table, giving `iagbench run` and `iagbench train`
+their options (``--recipe NAME|PATH``).
+
+A recipe file has ``description`` (one line, for ``iagbench recipes``), ``row`` (the paper's row), optional
+``notes``, an optional ``[placeholders]`` table and a ``[run]`` and/or ``[train]`` section. A section's keys
+are the command's option names (``reader_args`` or ``reader-args`` for ``--reader-args``), mapped onto the
+command's argparse destinations generically, so options added to a command work in recipes unchanged; an
+unknown key is an error naming the file, the section and the key. ``*_args`` values are tables (or
+``k=v,...`` strings). The data always comes from the command line (``--dataset``, ``--split``,
+``--data-dir``, ``--dataset-args``, ``--limit``), never from a recipe.
+
+Precedence: an option given on the command line replaces the recipe's, except ``*_args`` options, which are
+merged key by key (the command line's keys win): ``--recipe imcqa-1 --imaginer-args imagine.n=2``.
+
+Placeholders: ``{name}`` in any string value is replaced, in this order of precedence, by ``--set name=VALUE``
+(repeatable), the recipe's ``[placeholders]`` table, or the built-ins ``recipe`` (its name), ``dataset``
+(``--dataset``), ``reader`` (the section's reader after the command line), ``train_dir`` (``--train-dir``,
+``$IAGBENCH_TRAINED`` or ``trained``) and ``train_output`` (``{train_dir}/{recipe}-{dataset}``: where
+``train --recipe R`` writes and what ``run --recipe R`` loads). A placeholder without a value is an error
+naming it. An option whose value comes out empty is left out (``--set teacher_checkpoint=`` drops the
+``checkpoint=`` it fills).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.options import parse_options
+
+RECIPES_ENV = "IAGBENCH_RECIPES"
+SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+SECTIONS = ("run", "train")
+TOP_KEYS = {"description", "row", "notes", "placeholders", *SECTIONS}
+# The data comes from the command line only; these are the command's own or the recipe machinery's.
+NOT_IN_RECIPES = {"dataset", "split", "data_dir", "dataset_args", "limit", "recipe", "set", "help",
+                  "launcher_local_rank", "local_rank"}
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    sha256: str
+    description: str
+    row: str
+    sections: dict[str, dict[str, Any]]
+    placeholders: dict[str, str] = field(default_factory=dict)
+
+    def record(self, settings: dict[str, str]) -> dict[str, Any]:
+        """What a run or training folder records (``non_default_options.recipe``)."""
+        return {"name": self.name, "path": str(self.path), "sha256": self.sha256, "set": settings}
+
+
+def recipe_dirs() -> list[Path]:
+    extra = os.environ.get(RECIPES_ENV)
+    return [Path(extra)] if extra else [SHIPPED]
+
+
+def available() -> dict[str, Path]:
+    """Recipe name -> file, for the recipe folders (``$IAGBENCH_RECIPES``, else the shipped ``configs/recipes``)."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        for path in sorted(folder.glob("*")):
+            if path.suffix in (".toml", ".json"):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def find(name: str) -> Path:
+    """A recipe file: a path to one, or a name from ``available()`` (an unknown name: did you mean)."""
+    path = Path(name).expanduser()
+    if path.suffix in (".toml", ".json") or os.sep in name:
+        if not path.is_file():
+            raise ConfigurationError(f"--recipe {name}: no such file")
+        return path
+    known = available()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ConfigurationError(f"unknown recipe '{name}'{hint}; recipes: {', '.join(known) or 'none'}")
+    return known[name]
+
+
+def load(name: str) -> Recipe:
+    """Read and check a recipe file (top-level keys and section shapes; option names are checked per command)."""
+    path = find(name)
+    data = path.read_bytes()
+    try:
+        content = tomllib.loads(data.decode("utf-8")) if path.suffix == ".toml" else json.loads(data)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigurationError(f"{path}: expected a table at the top")
+    for key in content:
+        if key not in TOP_KEYS:
+            raise ConfigurationError(f"{path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)} (expected: {', '.join(sorted(TOP_KEYS))})")
+    for key in ("description", "row"):
+        if not isinstance(content.get(key), str) or not content[key].strip():
+            raise ConfigurationError(f"{path}: key '{key}': expected a non-empty string")
+    sections = {}
+    for section in SECTIONS:
+        if section in content:
+            if not isinstance(content[section], dict):
+                raise ConfigurationError(f"{path}: [{section}]: expected a table")
+            sections[section] = dict(content[section])
+    if not sections:
+        raise ConfigurationError(f"{path}: no [run] or [train] section")
+    placeholders = content.get("placeholders", {})
+    if not isinstance(placeholders, dict) or not all(isinstance(v, str) for v in placeholders.values()):
+        raise ConfigurationError(f"{path}: [placeholders]: expected a table of strings")
+    return Recipe(path.stem, path, hashlib.sha256(data).hexdigest(), content["description"].strip(), content["row"].strip(),
+                  sections, dict(placeholders))
+
+
+def _did_you_mean(key: str, choices: Any) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ---- the command line ----
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", metavar="NAME|PATH", help="defaults from a recipe (iagbench recipes lists them); options given here override it")
+    parser.add_argument("--set", action="append", default=None, metavar="NAME=VALUE", help="a recipe placeholder's value (repeatable)")
+
+
+def command_index(argv: list[str]) -> int | None:
+    """Where the subcommand is in ``argv`` (after the top-level options), or None."""
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token in ("--local_rank", "--local-rank"):
+            index += 2
+            continue
+        if not token.startswith("-"):
+            return index
+        index += 1
+    return None
+
+
+def expand(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], dict[str, Any] | None]:
+    """``argv`` with the recipe's options written out before the user's (which so win), and the recipe's record."""
+    at = command_index(argv)
+    if at is None or argv[at] not in SECTIONS or not any(t == "--recipe" or t.startswith("--recipe=") for t in argv[at + 1:]):
+        return argv, None
+    command = argv[at]
+    sub = _subparser(parser, command)
+    given = _given(parser, command, argv[at + 1:])
+    recipe = load(given["recipe"])
+    if command not in recipe.sections:
+        raise ConfigurationError(f"{recipe.path}: recipe '{recipe.name}' has no [{command}] section (it has: "
+                                 f"{', '.join(recipe.sections)})")
+    settings = {}
+    for item in given.get("set") or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ConfigurationError(f"--set {item}: expected NAME=VALUE")
+        settings[name] = value
+    actions = {a.dest: a for a in sub._actions if a.option_strings}
+    section = recipe.sections[command]
+    options: dict[str, Any] = {}
+    for key, value in section.items():
+        dest = key.replace("-", "_")
+        if dest in NOT_IN_RECIPES or dest not in actions:
+            why = ("the data comes from the command line" if dest in {"dataset", "split", "data_dir", "dataset_args", "limit"}
+                   else f"iagbench {command} has no option --{key.replace('_', '-')}")
+            raise ConfigurationError(f"{recipe.path}: [{command}] key '{key}': {why}"
+                                     f"{_did_you_mean(dest, set(actions) - NOT_IN_RECIPES)}")
+        options[dest] = value
+    reader = given.get("reader") or section.get("reader") or ""
+    values = {
+        "recipe": recipe.name,
+        "dataset": given.get("dataset") or sub.get_default("dataset") or "",
+        "reader": reader if isinstance(reader, str) else str(reader),
+        "train_dir": str(given.get("train_dir") or os.environ.get("IAGBENCH_TRAINED", "trained")),
+        "train_output": "{train_dir}/{recipe}-{dataset}",
+        **recipe.placeholders,
+        **settings,
+    }
+    resolve = _Resolver(values, recipe.path, command)
+    front: list[str] = []
+    back: list[str] = []
+    exclusive = _exclusive_partners(sub)
+    for dest, value in options.items():
+        action = actions[dest]
+        flag = max(action.option_strings, key=len)
+        value = resolve(value, dest)
+        if dest.endswith("_args"):
+            merged = _as_options(value, recipe.path, command, dest)
+            if dest in given:  # merged key by key, the command line's keys win; written after the user's
+                merged.update(parse_options(given[dest], flag=flag))
+                back += [flag, _options_text(merged)]
+            elif merged:
+                front += [flag, _options_text(merged)]
+            continue
+        if dest in given or exclusive.get(dest, set()) & set(given):
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"{recipe.path}: [{command}] key '{dest}': expected true or false")
+            front += [flag] if value else []
+        elif isinstance(value, (dict, list)):
+            raise ConfigurationError(f"{recipe.path}: [{command}] key '{dest}': expected a single value")
+        elif value != "":
+            front += [flag, _scalar_text(value)]
+    record = recipe.record(settings)
+    return argv[: at + 1] + front + argv[at + 1:] + back, record
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    return parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+
+
+def _given(parser: argparse.ArgumentParser, command: str, tokens: list[str]) -> dict[str, Any]:
+    """The options the user gave (on a scratch copy of the subcommand's parser: no defaults, nothing required)."""
+    from iagbench.commands.main import build_parser
+
+    scratch = _subparser(build_parser(), command)
+    for action in scratch._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    namespace, _ = scratch.parse_known_args(tokens)
+    return vars(namespace)
+
+
+def _exclusive_partners(sub: argparse.ArgumentParser) -> dict[str, set[str]]:
+    partners: dict[str, set[str]] = {}
+    for group in sub._mutually_exclusive_groups:
+        dests = {a.dest for a in group._group_actions}
+        for dest in dests:
+            partners.setdefault(dest, set()).update(dests - {dest})
+    return partners
+
+
+class _Resolver:
+    def __init__(self, values: dict[str, str], path: Path, command: str):
+        self.values, self.path, self.command = values, path, command
+
+    def __call__(self, value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            resolved = {k: self(v, f"{key}.{k}") for k, v in value.items()}
+            return {k: v for k, v in resolved.items() if v != ""}  # an empty value leaves the option out
+        if isinstance(value, list):
+            return [self(v, key) for v in value]
+        if isinstance(value, str):
+            return self.text(value, key, depth=0)
+        return value
+
+    def text(self, text: str, key: str, depth: int) -> str:
+        if depth > 8:
+            raise ConfigurationError(f"{self.path}: [{self.command}] {key}: placeholders refer to each other in a loop")
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in self.values:
+                raise ConfigurationError(f"{self.path}: [{self.command}] {key}: placeholder {{{name}}} has no value: "
+                                         f"give --set {name}=VALUE")
+            return self.text(self.values[name], key, depth + 1)
+
+        return PLACEHOLDER.sub(replace, text)
+
+
+def _as_options(value: Any, path: Path, command: str, dest: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        return parse_options(value, flag=f"{path}: [{command}] {dest}")
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{path}: [{command}] key '{dest}': expected a table or a 'k=v,...' string")
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict):  # TOML dotted keys: imagine.n = 2 is {"imagine": {"n": 2}}
+            flat.update({f"{key}.{k}": v for k, v in item.items()})
+        else:
+            flat[key] = item
+    for key, item in flat.items():
+        if isinstance(item, (dict, list)):
+            raise ConfigurationError(f"{path}: [{command}] {dest}.{key}: expected a single value")
+    return flat
+
+
+def _scalar_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    """``k=v,...`` as on the command line: strings are read as JSON scalars there (``"{k}"`` filled with 10 is the
+    number 10), so only a string holding a comma or a double quote is quoted."""
+    parts = []
+    for key, value in options.items():
+        if isinstance(value, str) and any(c in value for c in ',"'):
+            text = json.dumps(value)
+        else:
+            text = _scalar_text(value)
+        parts.append(f"{key}={text}")
+    return ",".join(parts)
+
+
+def listing() -> list[tuple[str, str, str]]:
+    """(name, row, description) of every recipe; a broken file is listed with its error."""
+    rows = []
+    for name in available():
+        try:
+            recipe = load(name)
+            rows.append((name, recipe.row, recipe.description))
+        except ConfigurationError as error:
+            rows.append((name, "?", f"cannot be read: {error}"))
+    return rows

@@ -1,0 +1,1 @@
+"""The plugin contract: the data model, component interfaces, hook specs, registry, plugin manager, errors."""

@@ -1,0 +1,1 @@
+"""Files: content fingerprints, the cache folder, JSON-lines reading."""

@@ -1,0 +1,420 @@
+"""Run an imaginer + reader over a dataset split, scoring as it goes, resumable at any point.
+
+One process, or several under ``torchrun``/``accelerate launch``/``deepspeed``, each predicting the
+examples whose id hashes to its rank (`iagbench.runs.processes`, `iagbench.runs.shards`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from iagbench.version import __version__
+from iagbench.runs.batching import BatchSizer, out_of_memory_error, release_memory
+from iagbench.contract.components import CONTEXT_KINDS, Dataset, Imaginer, Metric, Reader
+from iagbench.runs.env import environment
+from iagbench.contract.errors import ConfigurationError, RunFolderError
+from iagbench.contract.plugins import Plugins
+from iagbench.runs.processes import Processes
+from iagbench.contract.registry import Entry
+from iagbench.runs.folder import RunFolder, canonical_json, config_hash, diff_paths, folder_name, read_json, write_json_atomic
+from iagbench.runs.scoring import aggregate, metric_versions, score_example
+from iagbench.runs.shards import ShardWriter, done_ids, merge, shard_files, wait_for_file, wait_for_shards
+from iagbench.runs.sources import component_identity
+from iagbench.contract.types import Context, Example
+
+DEFAULT_RUNS_DIR = Path("runs")
+ORDERS = ("length", "dataset")
+EXECUTION_KEYS = ("data_dir",)  # options that say where, not what: kept out of the configuration hash
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines one run, as the user gave it."""
+
+    dataset: str
+    split: str
+    imaginer: str
+    reader: str
+    dataset_args: dict[str, Any] = field(default_factory=dict)
+    imaginer_args: dict[str, Any] = field(default_factory=dict)
+    reader_args: dict[str, Any] = field(default_factory=dict)
+    metrics: Sequence[str] | None = None
+    limit: int | None = None
+    batch_size: int | str = 16  # or "auto" (see iagbench.runs.batching)
+    order: str = "length"
+    seed: int = 0
+    output: Path | None = None
+    runs_dir: Path = DEFAULT_RUNS_DIR
+    wait_timeout: float = 1800.0  # seconds a process of a sharded run waits for the others without progress
+
+
+@dataclass
+class Resolved:
+    """Registry entries for a spec, checked against each other before any model loads."""
+
+    dataset: Entry
+    imaginer: Entry
+    reader: Entry
+    metrics: list[Metric]
+
+
+def resolve(spec: RunSpec, plugins: Plugins) -> Resolved:
+    imaginer = plugins["imaginers"].get(spec.imaginer)
+    reader = plugins["readers"].get(spec.reader)
+    check_compatible(imaginer, reader)
+    metric_names = list(spec.metrics) if spec.metrics else [entry.name for entry in plugins["metrics"]]
+    metrics = [plugins["metrics"].get(name).build() for name in metric_names]
+    return Resolved(plugins["datasets"].get(spec.dataset), imaginer, reader, metrics)
+
+
+def check_compatible(imaginer: Entry, reader: Entry) -> None:
+    """Reject an imaginer whose contexts the reader cannot read."""
+    provides = frozenset(imaginer.declared("provides"))
+    accepts = frozenset(reader.declared("accepts"))
+    unknown = (provides | accepts) - CONTEXT_KINDS
+    if unknown:
+        raise ConfigurationError(f"unknown context kinds {sorted(unknown)}; expected a subset of {sorted(CONTEXT_KINDS)}")
+    missing = provides - accepts
+    if missing:
+        raise ConfigurationError(
+            f"imaginer '{imaginer.name}' provides {sorted(provides)} but reader '{reader.name}' accepts "
+            f"only {sorted(accepts) or 'no context'}: {', '.join(sorted(missing))} would be ignored"
+        )
+
+
+def load_examples(dataset: Dataset, split: str, limit: int | None, dataset_name: str) -> list[Example]:
+    if split not in dataset.splits:
+        raise ConfigurationError(f"dataset '{dataset_name}' has no split '{split}'; splits: {', '.join(dataset.splits)}")
+    examples = []
+    for example in dataset.load(split):
+        if limit is not None and len(examples) >= limit:
+            break
+        examples.append(example)
+    if not examples:
+        raise ConfigurationError(f"dataset '{dataset_name}' split '{split}' has no examples")
+    return examples
+
+
+def fingerprint(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(canonical_json(example.to_json()).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def identity(spec: RunSpec, resolved: Resolved, examples: Sequence[Example]) -> dict[str, Any]:
+    """What makes two runs the same run; hashed into the folder name."""
+    return {
+        "dataset": {
+            "name": resolved.dataset.name,
+            "split": spec.split,
+            "options": {k: v for k, v in spec.dataset_args.items() if k not in EXECUTION_KEYS},
+            "fingerprint": fingerprint(examples),
+            "n": len(examples),
+        },
+        "imaginer": component_identity(resolved.imaginer.name, spec.imaginer_args),
+        "reader": component_identity(resolved.reader.name, spec.reader_args),
+        "limit": spec.limit,
+        "seed": spec.seed,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+
+
+def context_summary(context: Context) -> dict[str, Any]:
+    summary: dict[str, Any] = {"passages": [p.to_json() for p in context.passages]}
+    if context.adapter is not None:
+        describe = getattr(context.adapter, "describe", None)
+        summary["adapter"] = describe() if callable(describe) else type(context.adapter).__name__
+    return summary
+
+
+def prediction_record(example: Example, context: Context, prediction: str, metrics: Sequence[Metric]) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": example.id,
+        "question": example.question,
+        "answers": list(example.answers),
+        "prediction": str(prediction),
+    }
+    raw = getattr(prediction, "raw", None)
+    if raw is not None:
+        record["raw"] = raw
+    details = getattr(prediction, "details", None)
+    if details:
+        record["details"] = details
+    record["context"] = context_summary(context)
+    record["scores"] = score_example(metrics, str(prediction), example.answers, context.passages)
+    return record
+
+
+def results_from(records: Sequence[dict[str, Any]], config: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    summary = aggregate(record["scores"] for record in records)
+    return {
+        "metrics": summary["metrics"],
+        "counts": summary["counts"],
+        "n": len(records),
+        "metric_versions": config["metrics"],
+        "run": config["name"],
+        "config_hash": config["hash"],
+        "dataset": config["identity"]["dataset"]["name"],
+        "split": config["identity"]["dataset"]["split"],
+        "imaginer": config["identity"]["imaginer"]["name"],
+        "reader": config["identity"]["reader"]["name"],
+        "elapsed_s_last_session": round(elapsed, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def plugin_versions(plugins: Plugins, resolved: Resolved) -> dict[str, str | None]:
+    versions = {item["name"]: item["version"] for item in plugins.describe()}
+    used = {plugin for entry in (resolved.dataset, resolved.imaginer, resolved.reader) for plugin in entry.plugins}
+    return {name: versions.get(name) for name in sorted(used)}
+
+
+def run(
+    spec: RunSpec,
+    plugins: Plugins,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    non_default: dict[str, Any] | None = None,
+    processes: Processes | None = None,
+) -> tuple[RunFolder, dict[str, Any]]:
+    """Run (or resume, or just read back) the run that ``spec`` defines; return its folder and results.
+
+    Under a launcher (``processes``, default: from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) each
+    process predicts its shard of the examples and rank 0 merges them (see `iagbench.runs.shards`).
+    """
+    procs = processes or Processes.from_environment()
+    resolved = resolve(spec, plugins)
+    dataset: Dataset = resolved.dataset.build(**spec.dataset_args)
+    examples = load_examples(dataset, spec.split, spec.limit, resolved.dataset.name)
+    ident = identity(spec, resolved, examples)
+    digest = config_hash(ident)
+    name = folder_name(resolved.dataset.name, spec.split, resolved.imaginer.name, resolved.reader.name, digest)
+    folder = RunFolder(spec.output or spec.runs_dir / name)
+    versions = plugin_versions(plugins, resolved)
+    if folder.exists():
+        folder.check(ident, versions)
+        if folder.is_finished():
+            log(f"run already finished: {folder.path} (not recomputed)")
+            return folder, folder.results()
+
+    done = done_ids(folder, procs)
+    todo = [example for example in examples if example.id not in done and procs.owns(example.id)]
+    started = time.perf_counter()
+    if todo:  # build (and so validate) the components before anything is written
+        device = procs.use_device()
+        seed_everything(spec.seed)
+        imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
+        reader: Reader = resolved.reader.build(**spec.reader_args)
+    if procs.main:
+        fresh = {
+            "name": name,
+            "hash": digest,
+            "identity": ident,
+            "batch_size": spec.batch_size,
+            "batch_order": spec.order,
+            "metrics": metric_versions(resolved.metrics),
+            "plugins": versions,
+            "dataset_source": dataset.describe(spec.split),
+            "iagbench_version": __version__,
+            "non_default_options": non_default or {},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        folder.start(fresh, {**environment(), "world_size": procs.world_size})  # config.json only if new
+        done_here = sum(example.id in done for example in examples)
+        log(f"run folder: {folder.path} ({done_here} of {len(examples)} examples already done)")
+    else:
+        wait_for_file(folder.config_path, spec.wait_timeout)
+        folder.check(ident, versions)
+        log(f"rank {procs.rank} of {procs.world_size}: {len(todo)} examples to predict into {folder.path}")
+    status: dict[str, Any] | None = None
+    if todo:
+        check_components(folder, imaginer, reader)
+        if procs.main:
+            _record_components(folder, imaginer, reader)
+        sizer = BatchSizer.for_setting(spec.batch_size, cuda=device.startswith("cuda"))
+        status = {"rank": procs.rank, "world_size": procs.world_size, "device": device}
+        shard = ShardWriter(folder.path, procs) if procs.sharded else None
+        write = shard.append if shard else lambda records, _status: folder.append(records)
+        # one bar: all examples for one process; rank 0's shard for several
+        total, initial = (len(todo), 0) if procs.sharded else (len(examples), len(examples) - len(todo))
+        with _bar(progress and procs.main, total, initial) as bar:
+            status = predict(todo, imaginer, reader, resolved.metrics, write, sizer, spec.order, status, bar.update)
+    if not procs.main:
+        wait_for_file(folder.results_path, spec.wait_timeout, folder.path)
+        return folder, folder.results()
+    return folder, _finish(folder, examples, spec, procs, status, time.perf_counter() - started, log)
+
+
+def _bar(enabled: bool, total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="examples", unit="q")
+
+
+def _finish(
+    folder: RunFolder,
+    examples: Sequence[Example],
+    spec: RunSpec,
+    procs: Processes,
+    status: dict[str, Any] | None,
+    elapsed: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Rank 0: wait for the other shards, merge any there are, check every example is scored; write results."""
+    if procs.sharded:
+        wait_for_shards(folder, [example.id for example in examples], procs.world_size, spec.wait_timeout, log)
+    written = []
+    if status is not None and not procs.sharded:
+        written.append({"file": folder.predictions_path.name, **status})
+    if shard_files(folder.path):
+        written += merge(folder, [example.id for example in ordered_examples(examples, spec.order)])
+    records = folder.records()
+    by_id = {record["id"]: record for record in records}
+    missing = [example.id for example in examples if example.id not in by_id]
+    if missing:
+        raise ConfigurationError(f"{folder.predictions_path}: {len(missing)} examples missing after the run (first: {missing[0]})")
+    results = results_from([by_id[example.id] for example in examples], folder.config(), elapsed)
+    results["world_size"] = procs.world_size
+    results["predicted_by"] = written
+    folder.write_results(results)
+    return results
+
+
+COMPONENTS = "components.json"
+WHERE_KEYS = frozenset({"device"})  # where a component runs, not what it computes: may change on resume
+
+
+def _describe_components(imaginer: Imaginer, reader: Reader) -> dict[str, Any]:
+    return {"imaginer": imaginer.describe(), "reader": reader.describe()}
+
+
+def _record_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
+    write_json_atomic(folder.path / COMPONENTS, _describe_components(imaginer, reader))
+
+
+def check_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
+    """Refuse to resume with components that describe themselves otherwise (a prompt version, a model...).
+
+    The run's identity holds the options as given; what they resolve to can change under them
+    (a new prompt version, another model behind a name), and one run must not mix predictions of both.
+    """
+    path = folder.path / COMPONENTS
+    if not path.is_file():
+        return
+    differences = [
+        difference
+        for difference in diff_paths(read_json(path), json.loads(canonical_json(_describe_components(imaginer, reader))))
+        if difference.rsplit(".", 1)[-1] not in WHERE_KEYS
+    ]
+    if differences:
+        raise RunFolderError(
+            f"{path}: this run's predictions so far were made by components described otherwise (differs in: "
+            f"{', '.join(differences[:5])}); rerun in a new folder (--output) or with the components it was started with"
+        )
+
+
+def ordered_examples(examples: Sequence[Example], order: str = "length") -> list[Example]:
+    """The order examples are predicted in; ``"length"`` (stable) groups questions of similar length to save padding."""
+    if order not in ORDERS:
+        raise ConfigurationError(f"unknown batch order '{order}'; orders: {', '.join(ORDERS)}")
+    ordered = list(examples)
+    if order == "length":
+        ordered.sort(key=lambda e: len(e.question))
+    return ordered
+
+
+def batches(examples: Sequence[Example], batch_size: int, order: str = "length") -> list[list[Example]]:
+    """Batches of ``batch_size`` examples in `ordered_examples` order."""
+    ordered = ordered_examples(examples, order)
+    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
+def predict(
+    todo: Sequence[Example],
+    imaginer: Imaginer,
+    reader: Reader,
+    metrics: Sequence[Metric],
+    write: Callable[[list[dict[str, Any]], dict[str, Any]], None],
+    sizer: BatchSizer,
+    order: str,
+    status: dict[str, Any],
+    advance: Callable[[int], Any] = lambda n: None,
+) -> dict[str, Any]:
+    """Predict and score ``todo`` batch by batch, writing each batch's records with this process's status.
+
+    A batch that runs out of CUDA memory is retried, halved, when ``sizer`` probes (else it is a
+    one-line error): every example is written once, in ``order``. Return the final status.
+    """
+    out_of_memory = out_of_memory_error()
+    ordered = ordered_examples(todo, order)
+    start = predicted = 0
+    while start < len(ordered):
+        batch = ordered[start : start + sizer.size]
+        try:
+            records = _predict_batch(batch, imaginer, reader, metrics)
+        except out_of_memory:
+            failed = True
+        else:
+            failed = False
+        if failed:  # outside the except block, so the error's frames (and their tensors) are gone
+            sizer.out_of_memory(len(batch), batch[0].id)
+            release_memory()
+            continue
+        sizer.fitted(len(batch))
+        predicted += len(batch)
+        status = {**status, **sizer.describe(), "examples": predicted}
+        write(records, status)
+        start += len(batch)
+        advance(len(batch))
+    return status
+
+
+def _predict_batch(
+    batch: Sequence[Example], imaginer: Imaginer, reader: Reader, metrics: Sequence[Metric]
+) -> list[dict[str, Any]]:
+    contexts = imaginer.imagine(batch)
+    _check_lengths("imaginer", contexts, batch)
+    _check_kinds(imaginer, contexts)
+    predictions = reader.answer(batch, contexts)
+    _check_lengths("reader", predictions, batch)
+    return [prediction_record(e, c, p, metrics) for e, c, p in zip(batch, contexts, predictions)]
+
+
+def _check_kinds(imaginer: Imaginer, contexts: Sequence[Context]) -> None:
+    for context in contexts:
+        undeclared = context.kinds - frozenset(imaginer.provides)
+        if undeclared:
+            raise ConfigurationError(
+                f"imaginer {type(imaginer).__name__} returned {sorted(undeclared)} but declares provides="
+                f"{sorted(imaginer.provides)}"
+            )
+
+
+def _check_lengths(component: str, outputs: Sequence[Any], batch: Sequence[Example]) -> None:
+    if len(outputs) != len(batch):
+        raise ConfigurationError(f"{component} returned {len(outputs)} outputs for a batch of {len(batch)} examples")

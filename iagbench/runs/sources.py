@@ -1,0 +1,63 @@
+"""Content fingerprints of the files and folders that a component's options name.
+
+A run's identity holds its options as given; when an option names a file or a folder (a corpus,
+a model folder, ``checkpoint=<training output>``), its content belongs to the identity too, or
+editing the corpus in place, or training on so that ``latest`` moves, would read back the old
+results under the same options. Every option value that names an existing path is fingerprinted:
+a file by its sha256, a folder by its files' names and contents, a training output by the
+checkpoint its ``latest`` names. Large files are hashed once (`iagbench.files.cache.cached_sha256`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from iagbench.files.cache import cached_sha256, folder_sha256
+from iagbench.training.checkpoints import latest_of_training
+
+
+def component_identity(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A component's part of a run's identity: its name, its options, and ``sources`` when they name paths."""
+    found = source_fingerprints(options)
+    return {"name": name, "options": options, **({"sources": found} if found else {})}
+
+
+def source_fingerprints(options: Mapping[str, Any]) -> dict[str, str]:
+    """``{option: fingerprint}`` for the option values (nested ones by dotted key) that name existing paths."""
+    found: dict[str, str] = {}
+    for key, value in _values(options, ""):
+        path = _existing_path(value)
+        if path is not None:
+            found[key] = path_fingerprint(path)
+    return found
+
+
+def path_fingerprint(path: Path) -> str:
+    """``sha256:<hex>`` of a file's or folder's content; a training output's: ``step-N sha256:<hex>`` of its latest."""
+    if path.is_file():
+        return f"sha256:{cached_sha256(path)}"
+    checkpoint = latest_of_training(path)
+    if checkpoint is not None:
+        return f"{checkpoint.name} sha256:{folder_sha256(checkpoint)}"
+    return f"sha256:{folder_sha256(path)}"
+
+
+def _values(value: Any, key: str) -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        return [pair for name, item in value.items() for pair in _values(item, f"{key}.{name}" if key else str(name))]
+    if isinstance(value, (list, tuple)):
+        return [pair for index, item in enumerate(value) for pair in _values(item, f"{key}[{index}]")]
+    return [(key, value)]
+
+
+def _existing_path(value: Any) -> Path | None:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip() or "\n" in str(value):
+        return None
+    try:
+        path = Path(value).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError):  # a long or odd string that cannot be a path
+        return None

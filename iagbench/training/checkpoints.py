@@ -1,0 +1,160 @@
+"""Checkpoints of `iagbench train`: plain trainable weights per component, found through ``latest``.
+
+A training output folder holds ``checkpoints/step-000200/`` folders, each with
+``imaginer.safetensors`` and/or ``reader.safetensors`` (the ``state_dict()`` of the component's
+``trainable_module()``), ``config.json`` (components, options, step), ``trainer_state.json`` and
+``state/`` (optimizer, scheduler and RNG states, for resuming); ``checkpoints/latest`` names the
+newest complete one. A checkpoint folder is written under a temporary name and renamed when
+complete, and ``latest`` is rewritten last, so a crash never leaves ``latest`` naming a partial one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from iagbench.contract.errors import ConfigurationError
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+ROLES = ("imaginer", "reader")
+STEP_PATTERN = re.compile(r"^step-(\d+)$")
+
+
+def step_folder_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def weights_file(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: expected one of {ROLES}")
+    return f"{role}.safetensors"
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The complete checkpoint that ``checkpoints_dir/latest`` names, or None before the first one."""
+    marker = checkpoints_dir / LATEST
+    if not marker.is_file():
+        return None
+    name = marker.read_text(encoding="utf-8").strip()
+    folder = checkpoints_dir / name
+    if not STEP_PATTERN.match(name) or not folder.is_dir():
+        raise ConfigurationError(f"{marker}: names '{name}', which is not a checkpoint folder next to it")
+    return folder
+
+
+def latest_of_training(path: str | Path) -> Path | None:
+    """The checkpoint ``latest`` names in a training output folder or in its ``checkpoints`` folder, else None."""
+    path = Path(path)
+    for checkpoints_dir in (path / CHECKPOINTS, path):
+        found = latest_checkpoint(checkpoints_dir)
+        if found is not None:
+            return found
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a training output folder, its ``checkpoints`` folder or a checkpoint folder."""
+    path = Path(path)
+    found = latest_of_training(path)
+    if found is not None:
+        return found
+    if any((path / weights_file(role)).is_file() for role in ROLES):
+        return path
+    if not path.exists():
+        raise ConfigurationError(f"checkpoint {path} does not exist")
+    raise ConfigurationError(
+        f"checkpoint {path}: neither a training output (no {CHECKPOINTS}/{LATEST}) nor a checkpoint folder "
+        f"(no {' or '.join(weights_file(role) for role in ROLES)})"
+    )
+
+
+def load_trainable(component: Any, checkpoint: str | Path, role: str) -> Path:
+    """Load ``role``'s trained weights from ``checkpoint`` into ``component.trainable_module()``.
+
+    ``checkpoint`` is a training output folder (its ``checkpoints/latest`` is used) or one checkpoint
+    folder. Keys must match exactly. Returns the checkpoint folder used (worth recording in
+    ``describe()``). Trainable components call this from their constructors when given
+    ``checkpoint=DIR``.
+    """
+    from safetensors.torch import load_file
+
+    folder = resolve_checkpoint(checkpoint)
+    file = folder / weights_file(role)
+    if not file.is_file():
+        present = [weights_file(r) for r in ROLES if (folder / weights_file(r)).is_file()]
+        raise ConfigurationError(
+            f"checkpoint {folder} has no {file.name} (it holds {', '.join(present) or 'no weights'}): the {role} "
+            "was not trained there"
+        )
+    module = component.trainable_module()
+    if module is None:
+        raise ConfigurationError(f"{file}: {type(component).__name__} has no trainable module to load it into")
+    tensors = load_file(str(file))
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (first: {unexpected[0]})")
+        raise ConfigurationError(f"{file}: does not fit {type(component).__name__}: {'; '.join(parts)}")
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:  # shapes that do not fit
+        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        raise ConfigurationError(f"{file}: does not fit {type(component).__name__}: {first}") from None
+    return folder
+
+
+def save_weights(state_dict: dict[str, Any], file: Path) -> None:
+    """Save a state dict as safetensors: detached CPU copies, so tied or strided tensors save too."""
+    from safetensors.torch import save_file
+
+    save_file({key: value.detach().cpu().clone().contiguous() for key, value in state_dict.items()}, str(file))
+
+
+def write_latest(checkpoints_dir: Path, folder_name: str) -> None:
+    """Point ``latest`` at a complete checkpoint, atomically."""
+    marker = checkpoints_dir / LATEST
+    tmp = marker.with_name(LATEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(folder_name + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, marker)
+
+
+def checkpoint_folders(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoint folders, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for child in checkpoints_dir.iterdir():
+        match = STEP_PATTERN.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def prune(checkpoints_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (0 keeps all); never the one ``latest`` names."""
+    if keep <= 0:
+        return
+    current = latest_checkpoint(checkpoints_dir)
+    folders = checkpoint_folders(checkpoints_dir)
+    for _, folder in folders[: max(0, len(folders) - keep)]:
+        if current is None or folder.resolve() != current.resolve():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_partial(checkpoints_dir: Path) -> None:
+    """Delete checkpoint folders a crash left half-written (``*.tmp``)."""
+    if checkpoints_dir.is_dir():
+        for child in checkpoints_dir.iterdir():
+            if child.name.endswith(".tmp") and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
