@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from iagbench.training.train import read_log
+from iagbench.training.folder import read_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rag_nq_oracle import build_corpus  # noqa: E402

@@ -12,7 +12,9 @@ from iagbench.contract.components import Trainable
 from iagbench.contract.compose import CompositeImaginer
 from iagbench.contract.plugins import load_plugins
 from iagbench.runs.runner import Resolved, check_compatible, plugin_versions
-from iagbench.training.train import TrainSpec, read_log, train
+from iagbench.training.folder import read_log
+from iagbench.training.spec import TrainSpec
+from iagbench.training.train import train
 
 EXAMPLES = [Example("q1", "who wrote the iliad", ("Homer",)), Example("q2", "where is lima", ("Peru",))]
 

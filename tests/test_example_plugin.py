@@ -6,9 +6,12 @@ then see it through PYTHONPATH and find it by its entry point, exactly as a user
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from iagbench import ConfigurationError, Example, Passage
+from iagbench import ConfigurationError, Context, Example, LoRAAdapter, Passage
 from iagbench.contract.plugins import load_plugins
 from iagbench.contract.registry import Entry
 from iagbench.runs.runner import check_compatible
@@ -34,7 +37,23 @@ CORPUS = [
     {"id": "toy-opera", "title": "Sydney Opera House", "text": "A performing arts centre on Sydney Harbour, opened in 1973."},
 ]
 HOOKS = ["register_imaginers", "register_metrics", "register_readers"]
-COMPONENTS = {"imaginers": ["keyword-passages"], "readers": ["first-passage-title"], "metrics": ["exact_title"]}
+COMPONENTS = {
+    "imaginers": ["keyword-passages", "seeded-lora"],
+    "readers": ["first-passage-title", "lora-lm"],
+    "metrics": ["exact_title"],
+}
+LLAMA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+QUESTIONS = [
+    "who wrote the divine comedy",
+    "what is the chemical symbol for gold",
+    "when did the titanic sink",
+    "which planet is known as the red planet",
+    "how many sonnets did shakespeare write",
+    "what is the capital of australia",
+]
+# What a third-party plugin may import from iagbench: the package itself, the toolkit, Trainable.
+PUBLIC_PREFIXES = ("iagbench.lm.", "iagbench.text.", "iagbench.files.")
+PUBLIC_MODULES = {"iagbench", "iagbench.lm", "iagbench.text", "iagbench.files", "iagbench.contract.components"}
 
 MISMATCHED_READER = '''
 from iagbench import Reader, hookimpl
@@ -204,3 +223,101 @@ def test_in_process_with_builtins_only(tmp_path: Path) -> None:
     metric = plugins["metrics"].get("exact_title").build()
     assert metric.score("IRON", ["Fe", "iron"], []) == {"exact_title": 1.0}
     assert metric.score("the iron", ["iron"], []) == {"exact_title": 0.0}  # case only: no article removal
+
+
+@pytest.fixture
+def installed(site: Path, monkeypatch: pytest.MonkeyPatch):
+    """The installed example package, importable in this process (sys.path and sys.modules restored after)."""
+    monkeypatch.syspath_prepend(str(site))
+    yield importlib.import_module("iagbench_example_plugin")
+    for name in [name for name in sys.modules if name.split(".")[0] == "iagbench_example_plugin"]:
+        del sys.modules[name]
+
+
+def test_lora_reader_applies_each_examples_own_adapter(installed) -> None:
+    """The toolkit pair (lora.py), built through the registry: adapters change every answer, row by row."""
+    import torch
+
+    plugins = load_plugins(builtins_only=True, extra=(installed,), plugin_files=())
+    seeded, lora_lm = plugins["imaginers"].get("seeded-lora"), plugins["readers"].get("lora-lm")
+    check_compatible(seeded, lora_lm)
+    check_compatible(plugins["imaginers"].get("keyword-passages"), lora_lm)  # it reads passages too
+    imaginer = seeded.build()  # tiny-llama: the reader's default model
+    reader = lora_lm.build(device="cpu")
+    assert imaginer.describe() == {"model": "tiny-llama", "targets": LLAMA_TARGETS, "rank": 4, "scale": 2.0}
+
+    examples = [Example(f"q{i}", question, ("x",)) for i, question in enumerate(QUESTIONS)]
+    contexts = imaginer.imagine(examples)
+    assert all(isinstance(context.adapter, LoRAAdapter) and context.kinds == {"adapter"} for context in contexts)
+    again = imaginer.imagine(examples[:1])[0].adapter  # seeded by the question's text: the same weights again
+    for target in LLAMA_TARGETS:
+        assert torch.equal(again.a[target], contexts[0].adapter.a[target])
+        assert torch.equal(again.b[target], contexts[0].adapter.b[target])
+
+    def generated(answers: list) -> list[tuple[str, str]]:
+        return [(str(answer), answer.raw) for answer in answers]
+
+    plain = generated(reader.answer(examples, [Context() for _ in examples]))
+    adapted = generated(reader.answer(examples, contexts))
+    # A large effect, not a small drift: every one of the questions gets another continuation.
+    assert all(a[1] != p[1] for a, p in zip(adapted, plain)), (adapted, plain)
+    assert len({raw for _, raw in adapted}) == len(examples)
+    # Per example, not per batch: each question alone, or in a batch in reverse order, answers the same.
+    alone = [generated(reader.answer([example], [context]))[0] for example, context in zip(examples, contexts)]
+    backwards = generated(reader.answer(examples[::-1], contexts[::-1]))[::-1]
+    assert alone == adapted == backwards
+    # Passages and an adapter together (what keyword-passages+seeded-lora gives): both count.
+    passage = (Passage("Gold is the element whose symbol on the periodic table is Au.", "Au"),)
+    both = generated(reader.answer(examples[1:2], [Context(passage, contexts[1].adapter)]))
+    assert both != adapted[1:2] and both != generated(reader.answer(examples[1:2], [Context(passage)]))
+
+
+def test_run_with_the_lora_pair(site: Path, tmp_path: Path) -> None:
+    output = tmp_path / "lora-run"
+    result = iagbench(
+        "run", "--dataset", "sample", "--split", "test", "--limit", "10",
+        "--imaginer", "seeded-lora", "--reader", "lora-lm", "--reader-args", "device=cpu",
+        "--metrics", "em", "--output", str(output), "--no-progress",
+        cwd=tmp_path, site=site,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((output / "results.json").read_text())
+    assert results["n"] == 10 and results["imaginer"] == "seeded-lora" and results["reader"] == "lora-lm"
+    components = json.loads((output / "components.json").read_text())
+    assert components["imaginer"]["targets"] == LLAMA_TARGETS
+    assert components["reader"]["model"]["preset"] == "tiny-llama" and components["reader"]["device"] == "cpu"
+    records = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 10 and len({record["id"] for record in records}) == 10
+    for record in records:
+        adapter = record["context"]["adapter"]  # LoRAAdapter.describe(), written by the runner
+        assert adapter["type"] == "lora" and adapter["rank"] == 4 and adapter["targets"] == LLAMA_TARGETS
+        assert adapter["delta_norm"] > 0 and record["context"]["passages"] == []
+        assert isinstance(record["prediction"], str) and record["raw"]
+
+
+def imports_of(path: Path) -> tuple[list[str], list[str]]:
+    """The modules a file imports, and its string constants that look like dotted module paths (lazy factories)."""
+    modules, strings = [], []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            modules.append(node.module if node.level == 0 else f"{'.' * node.level}{node.module or ''}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[A-Za-z_][\w.]*(:\w+)?", node.value):
+            strings.append(node.value.split(":")[0])
+    return modules, strings
+
+
+def test_the_example_uses_only_the_public_api() -> None:
+    """A third party has `iagbench` and its toolkit (`iagbench.lm`, `.text`, `.files`), never `iagbench_plugins`."""
+    package = EXAMPLE / "iagbench_example_plugin"
+    files = {file.relative_to(package).as_posix(): file for file in sorted(package.rglob("*.py"))}
+    assert set(files) >= {"__init__.py", "lora.py"}
+    imports = {name: imports_of(file) for name, file in files.items()}
+    for name, (modules, strings) in imports.items():
+        assert not [m for m in modules + strings if m.split(".")[0] == "iagbench_plugins"], name
+        private = [m for m in modules if m.split(".")[0] == "iagbench" and m not in PUBLIC_MODULES and not m.startswith(PUBLIC_PREFIXES)]
+        assert not private, f"{name} imports private iagbench modules: {private}"
+    assert {"iagbench.lm.adapter_host", "iagbench.lm.lora", "iagbench.lm.decoding", "iagbench.lm.models"} <= set(imports["lora.py"][0])
+    assert "torch" in imports["lora.py"][0] and "torch" not in imports["__init__.py"][0]  # the hook module stays light
+    assert "iagbench_example_plugin.lora" in imports["__init__.py"][1]  # ...and names lora.py lazily

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from iagbench import ConfigurationError, Context, Example, Passage
-from iagbench.training.train import TrainSpec, read_log, train
+from iagbench.training.folder import read_log
+from iagbench.training.spec import TrainSpec
+from iagbench.training.train import train
 from iagbench_plugins.datasets.sample import Sample
 from iagbench_plugins.readers.fid import FID_FORMAT, FiDReader, greedy_decode_seq2seq
 from iagbench.lm.t5_models import fid_to_t5_key

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from iagbench import ConfigurationError, Context, Example, Passage
-from iagbench.training.train import read_log
+from iagbench.training.folder import read_log
 from iagbench.lm.lora import T5_DEFAULT_TARGETS, T5_TARGETS, LoRAAdapter, target_modules
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer, model_shapes
 from iagbench_plugins.readers.fid import FiDReader

@@ -16,7 +16,9 @@ import torch
 
 from iagbench import ConfigurationError, Example, Passage
 from iagbench.contract.plugins import load_plugins
-from iagbench.training.train import TrainSpec, read_log, train
+from iagbench.training.folder import read_log
+from iagbench.training.spec import TrainSpec
+from iagbench.training.train import train
 from iagbench_plugins.imagination.compress import Compressor, join_units, select, split_sentences, units_of
 from iagbench_plugins.imagination.generate import GenerateImaginer
 from iagbench_plugins.imagination.imagine import ImagineImaginer

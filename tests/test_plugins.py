@@ -24,7 +24,7 @@ BUILTINS = {  # plugin -> kind -> names it registers
     "iagbench-datasets": {"datasets": {"nq", "triviaqa", "webq", "fid-json", "sample"}},
     "iagbench-imaginers": {"imaginers": {"none", "given"}},
     "iagbench-hyperlora": {"imaginers": {"hyperlora"}},
-    "iagbench-imagination": {"imaginers": {"generate", "imagine"}},
+    "iagbench-imagination": {"imaginers": {"generate", "imagine"}, "commands": {"compress"}},
     "iagbench-retrieval": {"imaginers": {"bm25", "dense", "hybrid"}},
     "iagbench-readers": {"readers": {"causal-lm", "smollm2-135m", "llama-7b", "llama-13b", "tiny-llama",
                                      "fid-t5", "fid-t5-base", "fid-t5-large", "fid-t5-3b", "fid-tiny"}},

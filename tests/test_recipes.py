@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from iagbench import ConfigurationError
+from iagbench.commands.arguments import Invocation
 from iagbench.commands.main import build_parser
-from iagbench.commands.recipes import SHIPPED, available, expand, load
+from iagbench.commands.recipes import SHIPPED, available, load
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "plugins" / "sample_data" / "passages.jsonl"
@@ -25,35 +26,40 @@ TRAIN_SMALL = ["--steps", "2", "--batch-size", "2", "--grad-accum", "1", "--warm
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_the_shipped_recipes_cover_every_row_and_expand_for_their_commands():
+def job_of(*argv: str):
+    """The job specification the command line builds: parsed, then the recipe merged in."""
+    args = build_parser().parse_args(argv)
+    return Invocation(args, args.options, None).job()
+
+
+def test_the_shipped_recipes_cover_every_row_and_merge_into_their_commands():
     assert {"t5-closed-book", "t5-lora", "fid-teacher", "genread", "imcqa-0", "imcqa-1", "imcqa-k"} <= set(RECIPES)
-    parser = build_parser()
     values = ["--set", "corpus=C", "--set", "pairs=P"]
     for name in RECIPES:
         recipe = load(name)
         assert recipe.path.parent == SHIPPED and recipe.description and recipe.row
         assert recipe.sha256 == hashlib.sha256(recipe.path.read_bytes()).hexdigest()
         for command in recipe.sections:
-            argv, record = expand(parser, [command, "--recipe", name, *values])
-            args = parser.parse_args(argv)  # every key is an option of the command, with a valid value
-            assert record["name"] == name and args.reader
+            job = job_of(command, "--recipe", name, *values)  # every key is an option of the command, with a valid value
+            assert job.non_default["recipe"]["name"] == name and job.reader
             if command == "train":
-                assert args.output == Path(f"trained/{name}-sample") and args.lr == 1e-4
+                assert job.output == Path(f"trained/{name}-sample") and job.settings["lr"] == 1e-4
 
 
 def test_the_command_line_overrides_and_merges_and_placeholders_resolve():
-    parser = build_parser()
-    argv, record = expand(parser, ["run", "--recipe", "imcqa-k", "--reader", "fid-tiny", "--set", "lm=tiny-llama",
-                                   "--set", "imagine_checkpoint=", "--imaginer-args", "imagine.n=2"])
-    args = parser.parse_args(argv)
-    assert args.reader == "fid-tiny" and args.imaginer == "imagine+hyperlora"
-    assert args.imaginer_args == ("imagine.model=tiny-llama,imagine.n=2,hyperlora.model=fid-tiny,hyperlora.rank=32,"
-                                  "hyperlora.checkpoint=trained/imcqa-k-sample")  # no imagine.checkpoint: set empty
-    assert args.reader_args == "text_maxlength=256,train=none,checkpoint=trained/fid-teacher-sample"
-    assert record["set"] == {"lm": "tiny-llama", "imagine_checkpoint": ""}
-    argv, _ = expand(parser, ["train", "--recipe", "t5-lora", "--epochs", "1", "--train-dir", "elsewhere", "--dataset", "nq"])
-    args = parser.parse_args(argv)  # --epochs replaces the recipe's --steps (one of the two)
-    assert args.epochs == 1 and args.steps is None and args.output == Path("elsewhere/t5-lora-nq")
+    job = job_of("run", "--recipe", "imcqa-k", "--reader", "fid-tiny", "--set", "lm=tiny-llama", "--set",
+                 "imagine_checkpoint=", "--imaginer-args", "imagine.n=2")  # fmt: skip
+    assert job.reader == "fid-tiny" and job.imaginer == "imagine+hyperlora"
+    assert job.imaginer_args == {"imagine.model": "tiny-llama", "imagine.n": 2, "hyperlora.model": "fid-tiny",
+                                 "hyperlora.rank": 32, "hyperlora.checkpoint": "trained/imcqa-k-sample"}  # no imagine.checkpoint
+    assert list(job.imaginer_args)[:2] == ["imagine.model", "imagine.n"]  # the recipe's order; the command line's value
+    assert job.reader_args == {"text_maxlength": 256, "train": "none", "checkpoint": "trained/fid-teacher-sample"}
+    assert job.non_default["recipe"]["set"] == {"lm": "tiny-llama", "imagine_checkpoint": ""}
+    job = job_of("train", "--recipe", "t5-lora", "--epochs", "1", "--train-dir", "elsewhere", "--dataset", "nq")
+    # --epochs replaces the recipe's --steps (one of the two)
+    assert job.settings["epochs"] == 1 and job.settings["steps"] is None and job.output == Path("elsewhere/t5-lora-nq")
+    with pytest.raises(ConfigurationError, match="--set fills a recipe's placeholders"):
+        job_of("run", "--reader", "fid-tiny", "--set", "lm=x")
 
 
 def test_unknown_recipe_bad_key_and_missing_placeholder_are_one_line_errors(invoke_cli, tmp_path):

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from iagbench.files.cache import file_sha256
-from iagbench.training.checkpoints import CHECKPOINTS, step_folder_name, write_latest
+from iagbench.lm.checkpoints import CHECKPOINTS, step_folder_name, write_latest
 from iagbench.runs.runner import RunSpec, run
 from iagbench.runs.sources import component_identity, path_fingerprint, source_fingerprints
 

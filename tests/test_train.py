@@ -20,10 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from iagbench.training.checkpoints import load_trainable, resolve_checkpoint
+from iagbench.lm.checkpoints import load_trainable, resolve_checkpoint
 from iagbench.contract.errors import ConfigurationError, RunFolderError
 from iagbench.contract.plugins import load_plugins
-from iagbench.training.train import TrainSpec, lr_scheduler, read_deepspeed_config, read_log, train
+from iagbench.training.distributed import read_deepspeed_config
+from iagbench.training.folder import read_log
+from iagbench.training.objective import lr_scheduler
+from iagbench.training.spec import TrainSpec
+from iagbench.training.train import train
 from trends import assert_falls
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,10 @@ import torch
 from iagbench.contract.errors import ConfigurationError, RunFolderError
 from iagbench.contract.plugins import load_plugins
 from iagbench.runs.runner import load_examples
-from iagbench.training.train import TrainSpec, _Stream, read_log, train
+from iagbench.training.folder import read_log
+from iagbench.training.spec import TrainSpec
+from iagbench.training.stream import _Stream
+from iagbench.training.train import train
 from trends import assert_falls
 
 HYPERLORA = {"model": "fid-tiny", "rank": 4, "hidden": 32, "feature_dims": 8, "encoder": "hashing", "device": "cpu"}

@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 from iagbench.contract.errors import ConfigurationError, RunFolderError
-from iagbench.training.train import TrainSpec, _Layout, _Stream, read_deepspeed_config, read_log, train
+from iagbench.training.distributed import read_deepspeed_config
+from iagbench.training.folder import read_log
+from iagbench.training.spec import TrainSpec
+from iagbench.training.stream import _Layout, _Stream
+from iagbench.training.train import train
 
 from test_train import (  # noqa: F401  (reference and toy_plugins are fixtures)
     ACCUM,

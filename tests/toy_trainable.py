@@ -14,7 +14,7 @@ import zlib
 import torch
 
 from iagbench import ConfigurationError, Context, Imaginer, Reader, hookimpl
-from iagbench.training.checkpoints import load_trainable
+from iagbench.lm.checkpoints import load_trainable
 from iagbench.contract.components import Trainable
 
 FEATURES = 64

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.contract.errors import ConfigurationError
-from iagbench.analysis.report import metric_columns
+from iagbench.analysis.rows import metric_columns
 from iagbench.runs.folder import RunFolder
 from iagbench.analysis.stats import LEVEL, SAMPLES, SEED, McNemar, mcnemar, paired_bootstrap
 
@@ -74,12 +74,38 @@ def compare(
     a, b = Side.load(path_a), Side.load(path_b)
     check_versions(a, b)
     ids = common_ids(a, b)
-    keys = metric_columns([a.results, b.results])
+    keys = _chosen_metrics([a.results, b.results], metrics)
+    report: dict[str, Any] = {
+        "a": _describe(a),
+        "b": _describe(b),
+        "n_common": len(ids),
+        "left_out": {"a": len(a.records) - len(ids), "b": len(b.records) - len(ids)},
+        "bootstrap": {"samples": samples, "seed": seed, "level": level},
+        "metrics": _metric_rows(a, b, ids, keys, samples=samples, seed=seed, level=level),
+        "mcnemar": None,
+        "flips": None,
+    }
+    flip_ids = [i for i in ids if FLIP_METRIC in a.records[i]["scores"] and FLIP_METRIC in b.records[i]["scores"]]
+    if flip_ids:
+        report["mcnemar"], report["flips"] = _mcnemar_and_flips(a, b, flip_ids)
+    return report
+
+
+def _chosen_metrics(results: Sequence[dict[str, Any]], metrics: Sequence[str] | None) -> list[str]:
+    """The score keys to compare: ``metrics`` if given (each must be in the runs), else all of them."""
+    keys = metric_columns(results)
     if metrics:
         unknown = [m for m in metrics if m not in keys]
         if unknown:
             raise ConfigurationError(f"no scores '{', '.join(unknown)}' in these runs; scores: {', '.join(keys)}")
         keys = list(metrics)
+    return keys
+
+
+def _metric_rows(
+    a: Side, b: Side, ids: Sequence[str], keys: Sequence[str], *, samples: int, seed: int, level: float
+) -> list[dict[str, Any]]:
+    """Per score key that both runs have on some shared example: the means of A and B and B - A with its interval."""
     rows = []
     for key in keys:
         pairs = [
@@ -102,33 +128,26 @@ def compare(
                 "high": diff.high,
             }
         )
-    report: dict[str, Any] = {
-        "a": _describe(a),
-        "b": _describe(b),
-        "n_common": len(ids),
-        "left_out": {"a": len(a.records) - len(ids), "b": len(b.records) - len(ids)},
-        "bootstrap": {"samples": samples, "seed": seed, "level": level},
-        "metrics": rows,
-        "mcnemar": None,
-        "flips": None,
+    return rows
+
+
+def _mcnemar_and_flips(a: Side, b: Side, flip_ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """McNemar's test on ``FLIP_METRIC`` over ``flip_ids``, and the examples it flips each way."""
+    sa = [a.records[i]["scores"][FLIP_METRIC] for i in flip_ids]
+    sb = [b.records[i]["scores"][FLIP_METRIC] for i in flip_ids]
+    test: McNemar = mcnemar(sa, sb)
+    result = {
+        "metric": FLIP_METRIC,
+        "n": len(flip_ids),
+        "only_a": test.only_a,
+        "only_b": test.only_b,
+        "p_value": test.p_value,
     }
-    flip_ids = [i for i in ids if FLIP_METRIC in a.records[i]["scores"] and FLIP_METRIC in b.records[i]["scores"]]
-    if flip_ids:
-        sa = [a.records[i]["scores"][FLIP_METRIC] for i in flip_ids]
-        sb = [b.records[i]["scores"][FLIP_METRIC] for i in flip_ids]
-        test: McNemar = mcnemar(sa, sb)
-        report["mcnemar"] = {
-            "metric": FLIP_METRIC,
-            "n": len(flip_ids),
-            "only_a": test.only_a,
-            "only_b": test.only_b,
-            "p_value": test.p_value,
-        }
-        report["flips"] = {
-            "gained": [_flip(a, b, i) for i, x, y in zip(flip_ids, sa, sb) if x == 0 and y == 1],
-            "lost": [_flip(a, b, i) for i, x, y in zip(flip_ids, sa, sb) if x == 1 and y == 0],
-        }
-    return report
+    flips = {
+        "gained": [_flip(a, b, i) for i, x, y in zip(flip_ids, sa, sb) if x == 0 and y == 1],
+        "lost": [_flip(a, b, i) for i, x, y in zip(flip_ids, sa, sb) if x == 1 and y == 0],
+    }
+    return result, flips
 
 
 def _describe(side: Side) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.runs.folder import RunFolder
+from iagbench.analysis.rows import rows
 from iagbench.analysis.stats import LEVEL, SAMPLES, SEED, Interval, bootstrap_interval
 
 
@@ -46,8 +47,6 @@ def figure_png(folders: Sequence[RunFolder], *, samples: int = SAMPLES, seed: in
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-
-    from iagbench.analysis.report import rows
 
     header, _, _ = rows(folders)  # validates: finished runs, one version per metric
     keys = header[6:]
@@ -84,8 +83,6 @@ def write_plot(folders: Sequence[RunFolder], path: str | Path, **kwargs: Any) ->
 
 def html_report(folders: Sequence[RunFolder], png: bytes | None = None) -> str:
     """A self-contained HTML page: the report table (with each metric's interval under it) and the plot inline."""
-    from iagbench.analysis.report import rows
-
     header, table, versions = rows(folders)
     keys = header[6:]
     intervals = [run_intervals(folder, keys) for folder in folders]

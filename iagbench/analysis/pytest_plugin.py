@@ -195,55 +195,89 @@ def iagbench_run(pytestconfig: pytest.Config) -> Callable[..., RunResults]:
         batch_size: int = 16,
         seed: int = 0,
     ) -> RunResults:
-        from iagbench.contract.errors import IagbenchError
-        from iagbench.contract.plugins import default_plugins
-        from iagbench.runs.runner import RunSpec, run
-
         key = json.dumps(
             [dataset, split, imaginer, reader, limit, dataset_args, imaginer_args, reader_args, metrics, batch_size, seed],
             sort_keys=True,
             default=str,
         )
-        if key in done:
-            return done[key]
-        spec = RunSpec(
-            dataset=dataset,
-            split=split,
-            imaginer=imaginer,
-            reader=reader,
-            dataset_args=dict(dataset_args or {}),
-            imaginer_args=dict(imaginer_args or {}),
-            reader_args=dict(reader_args or {}),
-            metrics=list(metrics) if metrics else None,
-            limit=limit,
-            batch_size=batch_size,
-            seed=seed,
-            runs_dir=runs[0],
-        )
-        log: list[str] = []
-        try:
-            plugins = default_plugins()
-            data_text = None
-            if data and "data_dir" not in spec.dataset_args and _takes_data_dir(plugins["datasets"].get(dataset)):
-                if not data[0].is_dir():
-                    pytest.skip(f"the data folder {data[0]} is absent (--iagbench-data-dir, ${DATA_ENV} or ini iagbench_data_dir)")
-                spec.dataset_args["data_dir"] = str(data[0])
-                data_text = data[1]
-            folder, results = run(spec, plugins, progress=False, log=log.append)
-            config = folder.config()
-        except IagbenchError as error:
-            failure = f"iagbench: {error}"
-        else:
-            failure = None
-        if failure is not None:
-            pytest.fail(failure, pytrace=False)
-        reused = any(line.startswith("run already finished") for line in log)
-        if reused:
-            pytestconfig.stash[_REUSED].append(str(folder.path))
-        done[key] = RunResults(results, folder.path, config, command_line(spec, data_text), reused)
+        if key not in done:
+            spec = _run_spec(
+                runs[0], dataset=dataset, split=split, imaginer=imaginer, reader=reader, limit=limit,
+                dataset_args=dataset_args, imaginer_args=imaginer_args, reader_args=reader_args, metrics=metrics,
+                batch_size=batch_size, seed=seed,
+            )  # fmt: skip
+            done[key] = _run_results(pytestconfig, spec, data)
         return done[key]
 
     return run_configuration
+
+
+def _run_spec(
+    runs_dir: Path,
+    *,
+    dataset: str,
+    split: str,
+    imaginer: str,
+    reader: str,
+    limit: int | None,
+    dataset_args: dict[str, Any] | None,
+    imaginer_args: dict[str, Any] | None,
+    reader_args: dict[str, Any] | None,
+    metrics: Sequence[str] | None,
+    batch_size: int,
+    seed: int,
+) -> Any:
+    """The ``RunSpec`` of one ``iagbench_run`` call, its run folder under ``runs_dir``."""
+    from iagbench.runs.runner import RunSpec
+
+    return RunSpec(
+        dataset=dataset,
+        split=split,
+        imaginer=imaginer,
+        reader=reader,
+        dataset_args=dict(dataset_args or {}),
+        imaginer_args=dict(imaginer_args or {}),
+        reader_args=dict(reader_args or {}),
+        metrics=list(metrics) if metrics else None,
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        runs_dir=runs_dir,
+    )
+
+
+def _run_results(pytestconfig: pytest.Config, spec: Any, data: tuple[Path, str] | None) -> RunResults:
+    """Run ``spec`` (or read back its finished folder); an iagbench error fails the test in one line."""
+    from iagbench.contract.errors import IagbenchError
+    from iagbench.contract.plugins import default_plugins
+    from iagbench.runs.runner import run
+
+    log: list[str] = []
+    try:
+        plugins = default_plugins()
+        data_text = _give_data_dir(spec, plugins, data)
+        folder, results = run(spec, plugins, progress=False, log=log.append)
+        config = folder.config()
+    except IagbenchError as error:
+        failure = f"iagbench: {error}"
+    else:
+        failure = None
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    reused = any(line.startswith("run already finished") for line in log)
+    if reused:
+        pytestconfig.stash[_REUSED].append(str(folder.path))
+    return RunResults(results, folder.path, config, command_line(spec, data_text), reused)
+
+
+def _give_data_dir(spec: Any, plugins: Any, data: tuple[Path, str] | None) -> str | None:
+    """Point the dataset at the configured data folder when it takes one and was given none; the folder as written."""
+    if data and "data_dir" not in spec.dataset_args and _takes_data_dir(plugins["datasets"].get(spec.dataset)):
+        if not data[0].is_dir():
+            pytest.skip(f"the data folder {data[0]} is absent (--iagbench-data-dir, ${DATA_ENV} or ini iagbench_data_dir)")
+        spec.dataset_args["data_dir"] = str(data[0])
+        return data[1]
+    return None
 
 
 @pytest.fixture

@@ -3,9 +3,10 @@ their options (``--recipe NAME|PATH``).
 
 A recipe file has ``description`` (one line, for ``iagbench recipes``), ``row`` (the paper's row), optional
 ``notes``, an optional ``[placeholders]`` table and a ``[run]`` and/or ``[train]`` section. A section's keys
-are the command's option names (``reader_args`` or ``reader-args`` for ``--reader-args``), mapped onto the
-command's argparse destinations generically, so options added to a command work in recipes unchanged; an
-unknown key is an error naming the file, the section and the key. ``*_args`` values are tables (or
+are the command's option names (``reader_args`` or ``reader-args`` for ``--reader-args``), checked against the
+command's option table (`iagbench.commands.arguments.CommandOptions`) and read with the option's type after the
+command line is parsed, so options added to a command work in recipes unchanged; an unknown key is an error naming
+the file, the section and the key. ``*_args`` values are tables (or
 ``k=v,...`` strings). The data always comes from the command line (``--dataset``, ``--split``,
 ``--data-dir``, ``--dataset-args``, ``--limit``), never from a recipe.
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.contract.errors import ConfigurationError
-from iagbench.contract.options import parse_options
+from iagbench.contract.options import parse_options, parse_value, valid_key
 
 RECIPES_ENV = "IAGBENCH_RECIPES"
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "recipes"
@@ -128,120 +129,77 @@ def _did_you_mean(key: str, choices: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-# ---- the command line ----
+# ---- merging into a command's options ----
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", metavar="NAME|PATH", help="defaults from a recipe (iagbench recipes lists them); options given here override it")
-    parser.add_argument("--set", action="append", default=None, metavar="NAME=VALUE", help="a recipe placeholder's value (repeatable)")
+    parser.add_argument("--recipe", metavar="NAME|PATH", default=argparse.SUPPRESS,
+                        help="defaults from a recipe (iagbench recipes lists them); options given here override it")
+    parser.add_argument("--set", action="append", default=argparse.SUPPRESS, metavar="NAME=VALUE",
+                        help="a recipe placeholder's value (repeatable)")  # fmt: skip
 
 
-def command_index(argv: list[str]) -> int | None:
-    """Where the subcommand is in ``argv`` (after the top-level options), or None."""
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        if token in ("--local_rank", "--local-rank"):
-            index += 2
-            continue
-        if not token.startswith("-"):
-            return index
-        index += 1
-    return None
+class RecipeMerge:
+    """A recipe named on the command line, merged into a command's options after parsing (see the module doc)."""
+
+    def __init__(self, name: str, settings: list[str] | None):
+        self.recipe = load(name)
+        self.settings = {}
+        for item in settings or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.isidentifier():
+                raise ConfigurationError(f"--set {item}: expected NAME=VALUE")
+            self.settings[key] = value
+
+    def merge_into(self, options: Any, given: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The recipe's values for ``options`` (a `CommandOptions`) the user did not give, and its record."""
+        command, recipe = options.command, self.recipe
+        if command not in recipe.sections:
+            raise ConfigurationError(f"{recipe.path}: recipe '{recipe.name}' has no [{command}] section (it has: "
+                                     f"{', '.join(recipe.sections)})")  # fmt: skip
+        section = recipe.sections[command]
+        known = set(options.options) - NOT_IN_RECIPES
+        for key in section:
+            dest = key.replace("-", "_")
+            if dest not in known:
+                why = ("the data comes from the command line" if dest in {"dataset", "split", "data_dir", "dataset_args", "limit"}
+                       else f"iagbench {command} has no option --{key.replace('_', '-')}")  # fmt: skip
+                raise ConfigurationError(f"{recipe.path}: [{command}] key '{key}': {why}{_did_you_mean(dest, known)}")
+        resolve = _Resolver(self._placeholders(given, section, defaults), recipe.path, command)
+        merged: dict[str, Any] = {}
+        for key, value in section.items():
+            dest = key.replace("-", "_")
+            where = f"{recipe.path}: [{command}] key '{dest}'"
+            value = resolve(value, dest)
+            if dest.endswith("_args"):
+                merged[dest] = _as_options(value, recipe.path, command, dest)
+            elif dest in given or options.partners(dest) & set(given) or value == "":
+                continue
+            else:
+                merged[dest] = options.convert(dest, value, where)
+        return merged, recipe.record(self.settings)
+
+    def _placeholders(self, given: dict[str, Any], section: dict[str, Any], defaults: dict[str, Any]) -> dict[str, str]:
+        reader = given.get("reader") or section.get("reader") or ""
+        return {
+            "recipe": self.recipe.name,
+            "dataset": given.get("dataset") or defaults.get("dataset") or "",
+            "reader": reader if isinstance(reader, str) else str(reader),
+            "train_dir": str(given.get("train_dir") or os.environ.get("IAGBENCH_TRAINED", "trained")),
+            "train_output": "{train_dir}/{recipe}-{dataset}",
+            **self.recipe.placeholders,
+            **self.settings,
+        }
 
 
-def expand(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], dict[str, Any] | None]:
-    """``argv`` with the recipe's options written out before the user's (which so win), and the recipe's record."""
-    at = command_index(argv)
-    if at is None or argv[at] not in SECTIONS or not any(t == "--recipe" or t.startswith("--recipe=") for t in argv[at + 1:]):
-        return argv, None
-    command = argv[at]
-    sub = _subparser(parser, command)
-    given = _given(parser, command, argv[at + 1:])
-    recipe = load(given["recipe"])
-    if command not in recipe.sections:
-        raise ConfigurationError(f"{recipe.path}: recipe '{recipe.name}' has no [{command}] section (it has: "
-                                 f"{', '.join(recipe.sections)})")
-    settings = {}
-    for item in given.get("set") or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise ConfigurationError(f"--set {item}: expected NAME=VALUE")
-        settings[name] = value
-    actions = {a.dest: a for a in sub._actions if a.option_strings}
-    section = recipe.sections[command]
-    options: dict[str, Any] = {}
-    for key, value in section.items():
-        dest = key.replace("-", "_")
-        if dest in NOT_IN_RECIPES or dest not in actions:
-            why = ("the data comes from the command line" if dest in {"dataset", "split", "data_dir", "dataset_args", "limit"}
-                   else f"iagbench {command} has no option --{key.replace('_', '-')}")
-            raise ConfigurationError(f"{recipe.path}: [{command}] key '{key}': {why}"
-                                     f"{_did_you_mean(dest, set(actions) - NOT_IN_RECIPES)}")
-        options[dest] = value
-    reader = given.get("reader") or section.get("reader") or ""
-    values = {
-        "recipe": recipe.name,
-        "dataset": given.get("dataset") or sub.get_default("dataset") or "",
-        "reader": reader if isinstance(reader, str) else str(reader),
-        "train_dir": str(given.get("train_dir") or os.environ.get("IAGBENCH_TRAINED", "trained")),
-        "train_output": "{train_dir}/{recipe}-{dataset}",
-        **recipe.placeholders,
-        **settings,
-    }
-    resolve = _Resolver(values, recipe.path, command)
-    front: list[str] = []
-    back: list[str] = []
-    exclusive = _exclusive_partners(sub)
-    for dest, value in options.items():
-        action = actions[dest]
-        flag = max(action.option_strings, key=len)
-        value = resolve(value, dest)
-        if dest.endswith("_args"):
-            merged = _as_options(value, recipe.path, command, dest)
-            if dest in given:  # merged key by key, the command line's keys win; written after the user's
-                merged.update(parse_options(given[dest], flag=flag))
-                back += [flag, _options_text(merged)]
-            elif merged:
-                front += [flag, _options_text(merged)]
-            continue
-        if dest in given or exclusive.get(dest, set()) & set(given):
-            continue
-        if isinstance(action, argparse._StoreTrueAction):
-            if not isinstance(value, bool):
-                raise ConfigurationError(f"{recipe.path}: [{command}] key '{dest}': expected true or false")
-            front += [flag] if value else []
-        elif isinstance(value, (dict, list)):
-            raise ConfigurationError(f"{recipe.path}: [{command}] key '{dest}': expected a single value")
-        elif value != "":
-            front += [flag, _scalar_text(value)]
-    record = recipe.record(settings)
-    return argv[: at + 1] + front + argv[at + 1:] + back, record
-
-
-def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    return parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
-
-
-def _given(parser: argparse.ArgumentParser, command: str, tokens: list[str]) -> dict[str, Any]:
-    """The options the user gave (on a scratch copy of the subcommand's parser: no defaults, nothing required)."""
-    from iagbench.commands.main import build_parser
-
-    scratch = _subparser(build_parser(), command)
-    for action in scratch._actions:
-        action.default = argparse.SUPPRESS
-        action.required = False
-    namespace, _ = scratch.parse_known_args(tokens)
-    return vars(namespace)
-
-
-def _exclusive_partners(sub: argparse.ArgumentParser) -> dict[str, set[str]]:
-    partners: dict[str, set[str]] = {}
-    for group in sub._mutually_exclusive_groups:
-        dests = {a.dest for a in group._group_actions}
-        for dest in dests:
-            partners.setdefault(dest, set()).update(dests - {dest})
-    return partners
+def recipe_of(args: argparse.Namespace) -> RecipeMerge | None:
+    """The recipe the command line names (``--recipe``), or None."""
+    name = getattr(args, "recipe", None)
+    if name is None:
+        if getattr(args, "set", None):
+            raise ConfigurationError("--set fills a recipe's placeholders: give --recipe too")
+        return None
+    return RecipeMerge(name, getattr(args, "set", None))
 
 
 class _Resolver:
@@ -286,30 +244,11 @@ def _as_options(value: Any, path: Path, command: str, dest: str) -> dict[str, An
     for key, item in flat.items():
         if isinstance(item, (dict, list)):
             raise ConfigurationError(f"{path}: [{command}] {dest}.{key}: expected a single value")
+        if not valid_key(key):
+            raise ConfigurationError(f"{path}: [{command}] {dest}: '{key}' is not an option name")
+        if isinstance(item, str) and not any(c in item for c in ',"'):
+            flat[key] = parse_value(item.strip())  # read as the command line reads k=v: "10" is the number 10
     return flat
-
-
-def _scalar_text(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    return str(value)
-
-
-def _options_text(options: dict[str, Any]) -> str:
-    """``k=v,...`` as on the command line: strings are read as JSON scalars there (``"{k}"`` filled with 10 is the
-    number 10), so only a string holding a comma or a double quote is quoted."""
-    parts = []
-    for key, value in options.items():
-        if isinstance(value, str) and any(c in value for c in ',"'):
-            text = json.dumps(value)
-        else:
-            text = _scalar_text(value)
-        parts.append(f"{key}={text}")
-    return ",".join(parts)
 
 
 def listing() -> list[tuple[str, str, str]]:
@@ -322,3 +261,19 @@ def listing() -> list[tuple[str, str, str]]:
         except ConfigurationError as error:
             rows.append((name, "?", f"cannot be read: {error}"))
     return rows
+
+
+# ---- the `recipes` command ----
+
+NAME = "recipes"
+HELP = "the named recipes (rows of the paper's table) for run/train --recipe"
+
+
+def configure(options: Any) -> None:
+    """No options."""
+
+
+def run(invocation: Any) -> int:
+    for name, row, description in listing():
+        print(f"{name:<16} {row}: {description}")
+    return 0

@@ -1,4 +1,4 @@
-"""The interfaces a plugin implements: Dataset, Imaginer, Reader, Metric.
+"""The interfaces a plugin implements: Dataset, Imaginer, Reader, Metric (and Trainable, Distillable).
 
 Factories registered through the hooks build these from keyword options. An imaginer
 factory declares ``provides`` and a reader factory ``accepts`` as attributes (class
@@ -56,6 +56,29 @@ class Reader(ABC):
     def describe(self) -> dict[str, Any]:
         """Resolved settings worth recording (model source, dtype, prompt version)."""
         return {}
+
+
+class Distillable(ABC):
+    """A reader that long-context distillation (``iagbench train --teacher-reader``) can train, or learn from.
+
+    Teacher and student score the same answer tokens with teacher forcing: the student's
+    ``training_targets``, tokenized by ``target_ids``, through ``answer_logits``; the KD loss
+    (`iagbench.lm.distill`) compares the two distributions token by token, so both must share a tokenizer.
+    """
+
+    @abstractmethod
+    def training_targets(self, examples: Sequence[Example]) -> list[str]:
+        """The gold answer each example is trained on, one per example, in order."""
+
+    @abstractmethod
+    def target_ids(self, targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
+        """``(ids, mask)``, both (examples, target tokens), right-padded: strings tokenized with an end token, id lists as they are."""
+
+    @abstractmethod
+    def answer_logits(
+        self, examples: Sequence[Example], contexts: Sequence[Context], targets: Sequence[str | Sequence[int]]
+    ) -> tuple[Any, Any]:
+        """``(logits, mask)``: teacher-forced logits (examples, target tokens, vocabulary) over ``target_ids(targets)``, and its mask."""
 
 
 class Metric(ABC):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iagbench.contract.components import Imaginer, Trainable
+from iagbench.contract.entry import Entry
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Context, Example
 
@@ -27,8 +28,6 @@ SEPARATOR = "+"
 
 def composite_entry(registry: Any, name: str) -> Any:
     """The registry entry of ``a+b[+c]``: its parts' entries, checked to merge, under a composite factory."""
-    from iagbench.contract.registry import Entry
-
     written = name.split(SEPARATOR)
     if any(not part.strip() for part in written):
         raise ConfigurationError(f"imaginer '{name}': an empty part; compose imaginers as a+b[+c]")

@@ -37,3 +37,10 @@ def register_readers(register: Register) -> None:
 @hookspec
 def register_metrics(register: Register) -> None:
     """Register metric factories (each builds an ``iagbench.Metric``)."""
+
+
+@hookspec
+def register_commands(register: Register) -> None:
+    """Register subcommands: register(name, command, description=...). ``command`` (or a lazy
+    ``"module:attribute"``) has ``configure(options)``, adding its options to an
+    `iagbench.commands.arguments.CommandOptions`, and ``run(invocation) -> int``."""

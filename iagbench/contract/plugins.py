@@ -20,6 +20,7 @@ import pluggy
 
 from iagbench.contract import hookspecs
 from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.commands import CommandEntry, register_command
 from iagbench.contract.registry import KINDS, Registry
 
 GROUP = "iagbench"
@@ -34,6 +35,7 @@ class Plugins:
     registries: dict[str, Registry] = field(default_factory=dict)
     # (distribution, version) of plugins registered from entry points without pluggy's loader
     distributions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    commands: dict[str, CommandEntry] = field(default_factory=dict)  # subcommands from register_commands
 
     def __getitem__(self, kind: str) -> Registry:
         return self.registries[kind]
@@ -49,6 +51,9 @@ class Plugins:
             components = {
                 kind: sorted(entry.name for entry in self.registries[kind] if entry.plugin == name) for kind in KINDS
             }
+            commands = sorted(entry.name for entry in self.commands.values() if entry.plugin == name)
+            if commands:
+                components["commands"] = commands
             described.append(
                 {
                     "name": name,
@@ -115,7 +120,7 @@ def load_plugins(
             manager.register(plugin)
         manager.check_pending()
     except pluggy.PluginValidationError as error:  # a misspelt hook or argument: one line, not a traceback
-        hooks = ", ".join(f"register_{kind}" for kind in KINDS)
+        hooks = ", ".join(f"register_{kind}" for kind in (*KINDS, "commands"))
         raise ConfigurationError(f"{' '.join(str(error).split())} (hooks: {hooks})") from None
     return collect(manager, distributions)
 
@@ -129,6 +134,8 @@ def collect(manager: pluggy.PluginManager, distributions: dict[str, tuple[str, s
             registry = plugins.registries[kind]
             register = functools.partial(_register, registry, impl.plugin_name)
             impl.function(register=register)
+    for impl in manager.hook.register_commands.get_hookimpls():
+        impl.function(register=functools.partial(register_command, plugins.commands, impl.plugin_name))
     return plugins
 
 

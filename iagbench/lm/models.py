@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -155,7 +156,7 @@ def _converted_gguf(gguf_path: Path) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf_path.name} once into {folder} (later loads are fast)", flush=True)
+    logging.getLogger(__name__).info(f"converting {gguf_path.name} once into {folder} (later loads are fast)")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config = quantized.config

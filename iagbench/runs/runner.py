@@ -6,6 +6,7 @@ examples whose id hashes to its rank (`iagbench.runs.processes`, `iagbench.runs.
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import random
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.version import __version__
-from iagbench.runs.batching import BatchSizer, out_of_memory_error, release_memory
+from iagbench.runs.batching import BatchSizer
 from iagbench.contract.components import CONTEXT_KINDS, Dataset, Imaginer, Metric, Reader
 from iagbench.runs.env import environment
 from iagbench.contract.errors import ConfigurationError, RunFolderError
@@ -25,13 +26,13 @@ from iagbench.contract.plugins import Plugins
 from iagbench.runs.processes import Processes
 from iagbench.contract.registry import Entry
 from iagbench.runs.folder import RunFolder, canonical_json, config_hash, diff_paths, folder_name, read_json, write_json_atomic
-from iagbench.runs.scoring import aggregate, metric_versions, score_example
+from iagbench.runs.prediction import ORDERS, batches, context_summary, ordered_examples, predict, prediction_record  # noqa: F401 (ORDERS, batches, context_summary, prediction_record: still importable from here)
+from iagbench.runs.scoring import aggregate, metric_versions
 from iagbench.runs.shards import ShardWriter, done_ids, merge, shard_files, wait_for_file, wait_for_shards
 from iagbench.runs.sources import component_identity
-from iagbench.contract.types import Context, Example
+from iagbench.contract.types import Example
 
 DEFAULT_RUNS_DIR = Path("runs")
-ORDERS = ("length", "dataset")
 EXECUTION_KEYS = ("data_dir",)  # options that say where, not what: kept out of the configuration hash
 
 
@@ -143,32 +144,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def context_summary(context: Context) -> dict[str, Any]:
-    summary: dict[str, Any] = {"passages": [p.to_json() for p in context.passages]}
-    if context.adapter is not None:
-        describe = getattr(context.adapter, "describe", None)
-        summary["adapter"] = describe() if callable(describe) else type(context.adapter).__name__
-    return summary
-
-
-def prediction_record(example: Example, context: Context, prediction: str, metrics: Sequence[Metric]) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "id": example.id,
-        "question": example.question,
-        "answers": list(example.answers),
-        "prediction": str(prediction),
-    }
-    raw = getattr(prediction, "raw", None)
-    if raw is not None:
-        record["raw"] = raw
-    details = getattr(prediction, "details", None)
-    if details:
-        record["details"] = details
-    record["context"] = context_summary(context)
-    record["scores"] = score_example(metrics, str(prediction), example.answers, context.passages)
-    return record
-
-
 def results_from(records: Sequence[dict[str, Any]], config: dict[str, Any], elapsed: float) -> dict[str, Any]:
     summary = aggregate(record["scores"] for record in records)
     return {
@@ -193,12 +168,38 @@ def plugin_versions(plugins: Plugins, resolved: Resolved) -> dict[str, str | Non
     return {name: versions.get(name) for name in sorted(used)}
 
 
+@dataclass
+class RunPlan:
+    """A spec resolved against the plugins: its examples, identity and folder, before any component is built."""
+
+    resolved: Resolved
+    dataset: Dataset
+    examples: list[Example]
+    identity: dict[str, Any]
+    hash: str
+    name: str
+    folder: RunFolder
+    versions: dict[str, str | None]
+
+
+def plan_run(spec: RunSpec, plugins: Plugins) -> RunPlan:
+    """Resolve ``spec``, load its examples and name its run folder (from the configuration hash)."""
+    resolved = resolve(spec, plugins)
+    dataset: Dataset = resolved.dataset.build(**spec.dataset_args)
+    examples = load_examples(dataset, spec.split, spec.limit, resolved.dataset.name)
+    ident = identity(spec, resolved, examples)
+    digest = config_hash(ident)
+    name = folder_name(resolved.dataset.name, spec.split, resolved.imaginer.name, resolved.reader.name, digest)
+    folder = RunFolder(spec.output or spec.runs_dir / name)
+    return RunPlan(resolved, dataset, examples, ident, digest, name, folder, plugin_versions(plugins, resolved))
+
+
 def run(
     spec: RunSpec,
     plugins: Plugins,
     *,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logging.getLogger(__name__).info,
     non_default: dict[str, Any] | None = None,
     processes: Processes | None = None,
 ) -> tuple[RunFolder, dict[str, Any]]:
@@ -208,16 +209,10 @@ def run(
     process predicts its shard of the examples and rank 0 merges them (see `iagbench.runs.shards`).
     """
     procs = processes or Processes.from_environment()
-    resolved = resolve(spec, plugins)
-    dataset: Dataset = resolved.dataset.build(**spec.dataset_args)
-    examples = load_examples(dataset, spec.split, spec.limit, resolved.dataset.name)
-    ident = identity(spec, resolved, examples)
-    digest = config_hash(ident)
-    name = folder_name(resolved.dataset.name, spec.split, resolved.imaginer.name, resolved.reader.name, digest)
-    folder = RunFolder(spec.output or spec.runs_dir / name)
-    versions = plugin_versions(plugins, resolved)
+    plan = plan_run(spec, plugins)
+    folder, examples = plan.folder, plan.examples
     if folder.exists():
-        folder.check(ident, versions)
+        folder.check(plan.identity, plan.versions)
         if folder.is_finished():
             log(f"run already finished: {folder.path} (not recomputed)")
             return folder, folder.results()
@@ -225,49 +220,83 @@ def run(
     done = done_ids(folder, procs)
     todo = [example for example in examples if example.id not in done and procs.owns(example.id)]
     started = time.perf_counter()
-    if todo:  # build (and so validate) the components before anything is written
-        device = procs.use_device()
-        seed_everything(spec.seed)
-        imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
-        reader: Reader = resolved.reader.build(**spec.reader_args)
+    # build (and so validate) the components before anything is written
+    built = _build_components(spec, plan.resolved, procs) if todo else None
+    _open_folder(spec, plan, procs, done, len(todo), non_default, log)
+    status: dict[str, Any] | None = None
+    if built is not None:
+        status = _predict_todo(spec, plan, procs, built, todo, progress)
+    if not procs.main:
+        wait_for_file(folder.results_path, spec.wait_timeout, folder.path)
+        return folder, folder.results()
+    return folder, _finish(folder, examples, spec, procs, status, time.perf_counter() - started, log)
+
+
+def _build_components(spec: RunSpec, resolved: Resolved, procs: Processes) -> tuple[str, Imaginer, Reader]:
+    """This process's device, and the imaginer and reader built on it (after seeding)."""
+    device = procs.use_device()
+    seed_everything(spec.seed)
+    imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
+    reader: Reader = resolved.reader.build(**spec.reader_args)
+    return device, imaginer, reader
+
+
+def _open_folder(
+    spec: RunSpec,
+    plan: RunPlan,
+    procs: Processes,
+    done: set[str],
+    todo: int,
+    non_default: dict[str, Any] | None,
+    log: Callable[[str], None],
+) -> None:
+    """Rank 0 starts the folder (config.json only if new); the other ranks wait for it and check it."""
+    folder = plan.folder
     if procs.main:
         fresh = {
-            "name": name,
-            "hash": digest,
-            "identity": ident,
+            "name": plan.name,
+            "hash": plan.hash,
+            "identity": plan.identity,
             "batch_size": spec.batch_size,
             "batch_order": spec.order,
-            "metrics": metric_versions(resolved.metrics),
-            "plugins": versions,
-            "dataset_source": dataset.describe(spec.split),
+            "metrics": metric_versions(plan.resolved.metrics),
+            "plugins": plan.versions,
+            "dataset_source": plan.dataset.describe(spec.split),
             "iagbench_version": __version__,
             "non_default_options": non_default or {},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         folder.start(fresh, {**environment(), "world_size": procs.world_size})  # config.json only if new
-        done_here = sum(example.id in done for example in examples)
-        log(f"run folder: {folder.path} ({done_here} of {len(examples)} examples already done)")
+        done_here = sum(example.id in done for example in plan.examples)
+        log(f"run folder: {folder.path} ({done_here} of {len(plan.examples)} examples already done)")
     else:
         wait_for_file(folder.config_path, spec.wait_timeout)
-        folder.check(ident, versions)
-        log(f"rank {procs.rank} of {procs.world_size}: {len(todo)} examples to predict into {folder.path}")
-    status: dict[str, Any] | None = None
-    if todo:
-        check_components(folder, imaginer, reader)
-        if procs.main:
-            _record_components(folder, imaginer, reader)
-        sizer = BatchSizer.for_setting(spec.batch_size, cuda=device.startswith("cuda"))
-        status = {"rank": procs.rank, "world_size": procs.world_size, "device": device}
-        shard = ShardWriter(folder.path, procs) if procs.sharded else None
-        write = shard.append if shard else lambda records, _status: folder.append(records)
-        # one bar: all examples for one process; rank 0's shard for several
-        total, initial = (len(todo), 0) if procs.sharded else (len(examples), len(examples) - len(todo))
-        with _bar(progress and procs.main, total, initial) as bar:
-            status = predict(todo, imaginer, reader, resolved.metrics, write, sizer, spec.order, status, bar.update)
-    if not procs.main:
-        wait_for_file(folder.results_path, spec.wait_timeout, folder.path)
-        return folder, folder.results()
-    return folder, _finish(folder, examples, spec, procs, status, time.perf_counter() - started, log)
+        folder.check(plan.identity, plan.versions)
+        log(f"rank {procs.rank} of {procs.world_size}: {todo} examples to predict into {folder.path}")
+
+
+def _predict_todo(
+    spec: RunSpec,
+    plan: RunPlan,
+    procs: Processes,
+    built: tuple[str, Imaginer, Reader],
+    todo: Sequence[Example],
+    progress: bool,
+) -> dict[str, Any]:
+    """Predict this process's ``todo`` into the folder (or its shard), with a progress bar; return its status."""
+    device, imaginer, reader = built
+    folder, examples = plan.folder, plan.examples
+    check_components(folder, imaginer, reader)
+    if procs.main:
+        _record_components(folder, imaginer, reader)
+    sizer = BatchSizer.for_setting(spec.batch_size, cuda=device.startswith("cuda"))
+    status = {"rank": procs.rank, "world_size": procs.world_size, "device": device}
+    shard = ShardWriter(folder.path, procs) if procs.sharded else None
+    write = shard.append if shard else lambda records, _status: folder.append(records)
+    # one bar: all examples for one process; rank 0's shard for several
+    total, initial = (len(todo), 0) if procs.sharded else (len(examples), len(examples) - len(todo))
+    with _bar(progress and procs.main, total, initial) as bar:
+        return predict(todo, imaginer, reader, plan.resolved.metrics, write, sizer, spec.order, status, bar.update)
 
 
 def _bar(enabled: bool, total: int, initial: int) -> Any:
@@ -336,85 +365,3 @@ def check_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> N
             f"{path}: this run's predictions so far were made by components described otherwise (differs in: "
             f"{', '.join(differences[:5])}); rerun in a new folder (--output) or with the components it was started with"
         )
-
-
-def ordered_examples(examples: Sequence[Example], order: str = "length") -> list[Example]:
-    """The order examples are predicted in; ``"length"`` (stable) groups questions of similar length to save padding."""
-    if order not in ORDERS:
-        raise ConfigurationError(f"unknown batch order '{order}'; orders: {', '.join(ORDERS)}")
-    ordered = list(examples)
-    if order == "length":
-        ordered.sort(key=lambda e: len(e.question))
-    return ordered
-
-
-def batches(examples: Sequence[Example], batch_size: int, order: str = "length") -> list[list[Example]]:
-    """Batches of ``batch_size`` examples in `ordered_examples` order."""
-    ordered = ordered_examples(examples, order)
-    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
-
-
-def predict(
-    todo: Sequence[Example],
-    imaginer: Imaginer,
-    reader: Reader,
-    metrics: Sequence[Metric],
-    write: Callable[[list[dict[str, Any]], dict[str, Any]], None],
-    sizer: BatchSizer,
-    order: str,
-    status: dict[str, Any],
-    advance: Callable[[int], Any] = lambda n: None,
-) -> dict[str, Any]:
-    """Predict and score ``todo`` batch by batch, writing each batch's records with this process's status.
-
-    A batch that runs out of CUDA memory is retried, halved, when ``sizer`` probes (else it is a
-    one-line error): every example is written once, in ``order``. Return the final status.
-    """
-    out_of_memory = out_of_memory_error()
-    ordered = ordered_examples(todo, order)
-    start = predicted = 0
-    while start < len(ordered):
-        batch = ordered[start : start + sizer.size]
-        try:
-            records = _predict_batch(batch, imaginer, reader, metrics)
-        except out_of_memory:
-            failed = True
-        else:
-            failed = False
-        if failed:  # outside the except block, so the error's frames (and their tensors) are gone
-            sizer.out_of_memory(len(batch), batch[0].id)
-            release_memory()
-            continue
-        sizer.fitted(len(batch))
-        predicted += len(batch)
-        status = {**status, **sizer.describe(), "examples": predicted}
-        write(records, status)
-        start += len(batch)
-        advance(len(batch))
-    return status
-
-
-def _predict_batch(
-    batch: Sequence[Example], imaginer: Imaginer, reader: Reader, metrics: Sequence[Metric]
-) -> list[dict[str, Any]]:
-    contexts = imaginer.imagine(batch)
-    _check_lengths("imaginer", contexts, batch)
-    _check_kinds(imaginer, contexts)
-    predictions = reader.answer(batch, contexts)
-    _check_lengths("reader", predictions, batch)
-    return [prediction_record(e, c, p, metrics) for e, c, p in zip(batch, contexts, predictions)]
-
-
-def _check_kinds(imaginer: Imaginer, contexts: Sequence[Context]) -> None:
-    for context in contexts:
-        undeclared = context.kinds - frozenset(imaginer.provides)
-        if undeclared:
-            raise ConfigurationError(
-                f"imaginer {type(imaginer).__name__} returned {sorted(undeclared)} but declares provides="
-                f"{sorted(imaginer.provides)}"
-            )
-
-
-def _check_lengths(component: str, outputs: Sequence[Any], batch: Sequence[Example]) -> None:
-    if len(outputs) != len(batch):
-        raise ConfigurationError(f"{component} returned {len(outputs)} outputs for a batch of {len(batch)} examples")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.files.cache import cached_sha256, folder_sha256
-from iagbench.training.checkpoints import latest_of_training
+from iagbench.lm.checkpoints import latest_of_training
 
 
 def component_identity(name: str, options: Mapping[str, Any]) -> dict[str, Any]:

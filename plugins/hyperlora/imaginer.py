@@ -91,7 +91,7 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         self.network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden).to(self.device)
         self.checkpoint = checkpoint
         if checkpoint:
-            from iagbench.training.checkpoints import load_trainable
+            from iagbench.lm.checkpoints import load_trainable
 
             load_trainable(self, checkpoint, "imaginer")
         self.network.eval()

@@ -23,3 +23,12 @@ def register_imaginers(register) -> None:
         f"{_PACKAGE}.imagine:ImagineImaginer",
         description="a causal LM trained on iagbench compress pairs writes a compressed context (pairs=, checkpoint=)",
     )
+
+
+@hookimpl
+def register_commands(register) -> None:
+    register(
+        "compress",
+        f"{_PACKAGE}.commands",
+        description="write question -> compressed retrieved context pairs as JSON lines (resumable; for imagine)",
+    )

@@ -93,7 +93,7 @@ class ImagineImaginer(Imaginer, Trainable):
         self.pairs = read_pairs(pairs) if pairs else None
         self.checkpoint = checkpoint
         if checkpoint:
-            from iagbench.training.checkpoints import load_trainable
+            from iagbench.lm.checkpoints import load_trainable
 
             self.checkpoint = str(load_trainable(_Weights(self.module), checkpoint, "imaginer"))
         if not train:  # frozen: e.g. the explicit part of imagine+hyperlora while the hypernetwork trains

@@ -76,7 +76,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         if checkpoint:
             if self._peft is None:
                 raise ConfigurationError("reader option checkpoint=... needs lora_rank=R (the rank it was trained with)")
-            from iagbench.training.checkpoints import load_trainable
+            from iagbench.lm.checkpoints import load_trainable
 
             load_trainable(self, checkpoint, "reader")
         self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)

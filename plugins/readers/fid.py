@@ -42,63 +42,24 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
+from iagbench import Answer, ConfigurationError, Context, Distillable, Example, Reader
 from iagbench.contract.components import Trainable
 from iagbench.lm.devices import pick_device
 from iagbench.lm.models import pick_dtype
 
 from iagbench.lm.adapter_host import AdapterHost
-from iagbench.lm.decoding import StaticDecoder, cache_keyword, check_decoding_options, cut_after_end, static_cache_length
+from iagbench.lm.decoding import cache_keyword
 from iagbench.lm.t5_models import load_t5, resolve_t5
 
-TRAIN_MODES = ("full", "lora", "none")
-TRAIN_ANSWERS = ("random", "first")
+from .fid_decoding import StaticSeq2SeqDecoder, greedy_decode_seq2seq
+from .fid_inputs import FID_FORMAT, Encoded, pack_rows
+from .fid_options import check_fid_options
 
 
-@dataclass(frozen=True)
-class InputFormat:
-    """How a (question, passage) pair becomes encoder text; its name and version go into every run's record."""
-
-    name: str
-    version: int
-    question: str
-    passage: str
-    note: str = ""
-
-    def texts(self, question: str, passages: Sequence[Passage]) -> list[str]:
-        """One encoder input per passage, or the question alone when there are none."""
-        if not passages:
-            return [self.question.format(question=question)]
-        return [self.passage.format(question=question, title=p.title, text=p.text) for p in passages]
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "question": self.question, "passage": self.passage, "note": self.note}
-
-
-FID_FORMAT = InputFormat(
-    name="fid",
-    version=1,
-    question="question: {question}",
-    passage="question: {question} title: {title} context: {text}",
-    note="facebookresearch/FiD src/data.py: question_prefix + ' ' + question + ' ' + 'title: {} context: {}'",
-)
-
-
-@dataclass
-class Encoded:
-    """The encoder side of a batch: packed states, their mask, and what went in."""
-
-    hidden: Any  # (examples, tokens, d_model): each example's passages, padding left out, concatenated
-    mask: Any  # (examples, tokens): 1 on real tokens
-    rows: Any  # (encoder rows,): the example of each encoder row (one row per passage)
-    info: list[dict[str, Any]]  # per example: passages, passages cut at text_maxlength, tokens
-
-
-class FiDReader(AdapterHost, Reader, Trainable):
+class FiDReader(AdapterHost, Reader, Trainable, Distillable):
     """T5 Fusion-in-Decoder: passages encoded one by one, read together by the decoder."""
 
     accepts = frozenset({"passages", "adapter"})
@@ -123,31 +84,26 @@ class FiDReader(AdapterHost, Reader, Trainable):
         compile: bool = False,
         seed: int = 0,
     ):
-        check_decoding_options(cache, compile, lora_rank)
-        if cache == "static" and num_beams != 1:
-            raise ConfigurationError(f"reader option cache=static decodes greedily: num_beams={num_beams} needs cache=dynamic")
-        for name, value in (("text_maxlength", text_maxlength), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
-            _check_positive(name, value)
-        if text_maxlength < 2:
-            raise ConfigurationError(f"reader option text_maxlength={text_maxlength}: needs room for a token and the end token")
-        if encoder_batch_size is not None:
-            _check_positive("encoder_batch_size", encoder_batch_size)
-        if lora_rank:
-            _check_positive("lora_rank", lora_rank)
-        train = train if train is not None else "lora" if lora_rank else "full"
-        if train not in TRAIN_MODES:
-            raise ConfigurationError(f"reader option train={train!r}: expected one of {', '.join(TRAIN_MODES)}")
-        if (train == "lora") != bool(lora_rank) and train != "none":
-            raise ConfigurationError(
-                f"reader option train={train} with lora_rank={lora_rank}: lora_rank=R trains the LoRA only (train=lora, "
-                "or train=none to keep it frozen); train=full fine-tunes the whole T5 (no lora_rank)"
-            )
-        if train_answer not in TRAIN_ANSWERS:
-            raise ConfigurationError(f"reader option train_answer={train_answer!r}: expected one of {', '.join(TRAIN_ANSWERS)}")
+        train = check_fid_options(
+            text_maxlength=text_maxlength, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            encoder_batch_size=encoder_batch_size, train=train, lora_rank=lora_rank, train_answer=train_answer,
+            cache=cache, compile=compile,
+        )  # fmt: skip
         self.format = FID_FORMAT
         self.text_maxlength, self.max_new_tokens, self.num_beams = text_maxlength, max_new_tokens, num_beams
         self.encoder_batch_size = encoder_batch_size
         self.train_mode, self.train_answer = train, train_answer
+        self._load_model(model, dtype=dtype, device=device, seed=seed, tokenizer=tokenizer)
+        self._set_up_training(train, lora_rank, gradient_checkpointing)
+        self._cache_key = cache_keyword(self.model)
+        self.checkpoint = None
+        if checkpoint:
+            self.checkpoint = self._load_checkpoint(checkpoint)
+        self.cache = cache
+        self._static = StaticSeq2SeqDecoder(self.model, compile=compile) if cache == "static" else None
+
+    def _load_model(self, model: str, *, dtype: str, device: str, seed: int, tokenizer: str | None) -> None:
+        """Load the T5 and its tokenizer onto the device; find its decoder start, pad and end tokens."""
         self.source = resolve_t5(model)
         self.device = pick_device(device)
         # fp32 unless asked: T5 overflows in fp16, FiD ran it in fp32, and full fine-tuning needs fp32
@@ -162,6 +118,9 @@ class FiDReader(AdapterHost, Reader, Trainable):
         self.eos_id = self.tokenizer.eos_token_id
         if self.eos_id is None or self.start_id is None or self.pad_id is None:
             raise ConfigurationError(f"model '{model}': its tokenizer/config lacks an end, pad or decoder start token")
+
+    def _set_up_training(self, train: str, lora_rank: int, gradient_checkpointing: bool) -> None:
+        """What trains (the whole T5, a peft LoRA on it, or nothing), and activation checkpointing."""
         self.model.requires_grad_(train == "full")
         self.lora_rank = lora_rank
         self._peft: Any = None
@@ -175,16 +134,14 @@ class FiDReader(AdapterHost, Reader, Trainable):
         if self.gradient_checkpointing:  # FiD's --use_checkpoint (activation checkpointing while training)
             enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
             enable()
-        self._cache_key = cache_keyword(self.model)
-        self.checkpoint = None
-        if checkpoint:
-            from iagbench.training.checkpoints import load_trainable
 
-            # The checkpoint holds the whole T5 (trained with train=full) or, with lora_rank, the LoRA weights;
-            # it loads whatever train= is now.
-            self.checkpoint = str(load_trainable(_WholeModel(self), checkpoint, "reader"))
-        self.cache = cache
-        self._static = StaticSeq2SeqDecoder(self.model, compile=compile) if cache == "static" else None
+    def _load_checkpoint(self, checkpoint: str) -> str:
+        """Load a trained checkpoint into the reader; return what ``describe`` records of it."""
+        from iagbench.lm.checkpoints import load_trainable
+
+        # The checkpoint holds the whole T5 (trained with train=full) or, with lora_rank, the LoRA weights;
+        # it loads whatever train= is now.
+        return str(load_trainable(_WholeModel(self), checkpoint, "reader"))
 
     # ---- Reader ----
 
@@ -399,146 +356,6 @@ class _WholeModel:
 
 
 _WholeModel.__name__ = _WholeModel.__qualname__ = "FiDReader"  # error messages name the reader
-
-
-def pack_rows(hidden: Any, mask: Any, row_examples: Any, examples: int) -> tuple[Any, Any]:
-    """Concatenate each example's rows, leaving padding out: (rows, width, d) -> (examples, longest, d) and its mask.
-
-    Rows must be grouped by example, in order (as ``encoder_inputs`` makes them). Differentiable.
-    """
-    import torch
-
-    flat_mask = mask.reshape(-1).bool()
-    positions = flat_mask.nonzero(as_tuple=True)[0]
-    token_example = row_examples.repeat_interleave(mask.shape[1])[positions]
-    lengths = torch.bincount(token_example, minlength=examples)
-    starts = torch.cumsum(lengths, 0) - lengths
-    rank = torch.arange(len(positions), device=hidden.device) - starts[token_example]
-    longest = int(lengths.max()) if len(lengths) else 0
-    packed = hidden.new_zeros((examples, longest, hidden.shape[-1]))
-    packed = packed.index_put((token_example, rank), hidden.reshape(-1, hidden.shape[-1])[positions])
-    packed_mask = mask.new_zeros((examples, longest))
-    packed_mask[token_example, rank] = 1
-    return packed, packed_mask
-
-
-def greedy_decode_seq2seq(
-    model: Any,
-    hidden: Any,
-    mask: Any,
-    *,
-    start_id: int,
-    end_id: int,
-    max_new_tokens: int,
-    on_select: Callable[[Any], None] | None = None,
-) -> list[list[int]]:
-    """Greedy answers over given encoder states; a row ends after ``end_id`` (kept) or ``max_new_tokens``.
-
-    Finished rows leave the batch (their cache, states and mask too); ``on_select`` is told which
-    rows stay (for per-row state such as adapters).
-    """
-    import torch
-    from transformers.modeling_outputs import BaseModelOutput
-
-    cache_key = cache_keyword(model)
-    rows = hidden.shape[0]
-    alive = torch.arange(rows, device=hidden.device)
-    generated: list[list[int]] = [[] for _ in range(rows)]
-    step_ids = torch.full((rows, 1), start_id, dtype=torch.long, device=hidden.device)
-    cache = None
-    for _ in range(max_new_tokens):
-        output = model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-            attention_mask=mask,
-            decoder_input_ids=step_ids,
-            use_cache=True,
-            **{cache_key: cache},
-        )
-        cache = getattr(output, cache_key)
-        next_ids = output.logits[:, -1, :].argmax(dim=-1)
-        for row, token in zip(alive.tolist(), next_ids.tolist()):
-            generated[row].append(token)
-        keep = (next_ids != end_id).nonzero(as_tuple=True)[0]
-        if len(keep) == 0:
-            break
-        if len(keep) < len(alive):
-            alive, next_ids, hidden, mask = alive[keep], next_ids[keep], hidden[keep], mask[keep]
-            cache.batch_select_indices(keep)
-            if on_select is not None:
-                on_select(keep)
-        step_ids = next_ids[:, None]
-    return generated
-
-
-class StaticSeq2SeqDecoder(StaticDecoder):
-    """Greedy answers over given encoder states with a static decoder cache (``cache=static``), optionally compiled.
-
-    The decoder's self-attention cache is a ``StaticCache`` of ``max_new_tokens`` slots, its
-    cross-attention cache a ``StaticCache`` as wide as the encoder states, both rounded up to
-    ``STATIC_CACHE_BUCKET``: the encoder states and their mask are padded with masked zeros to that
-    width (T5's cross-attention has no position bias, so masked columns change nothing). Both are
-    kept for the next batch of the same size that fits. The first step (the decoder start token,
-    which also fills the cross-attention cache) runs uncompiled; every later step has the same
-    shapes. Finished rows stay in the batch; outputs equal ``greedy_decode_seq2seq``'s.
-    """
-
-    def static_cache(self, batch: int, length: int, width: int = 0) -> Any:
-        from transformers import EncoderDecoderCache, StaticCache
-
-        cache = self.cache
-        if (
-            cache is None
-            or cache.self_attention_cache.batch_size != batch
-            or cache.self_attention_cache.layers[0].max_cache_len < length
-            or cache.cross_attention_cache.layers[0].max_cache_len < width
-        ):
-            self.cache = None
-            config, dtype, device = self.model.config, self.model.dtype, self.model.device
-            heads = (config.num_heads, config.d_kv)
-            own = StaticCache(config=config, max_cache_len=static_cache_length(length))
-            cross = StaticCache(config=config, max_cache_len=static_cache_length(width))
-            for part in (own, cross):
-                part.early_initialization(batch, *heads, dtype=dtype, device=device)
-            cache = self.cache = EncoderDecoderCache(own, cross)
-        else:
-            cache.reset()
-        return cache
-
-    def decode_seq2seq(self, hidden: Any, mask: Any, *, start_id: int, end_id: int, max_new_tokens: int) -> list[list[int]]:
-        import torch
-        from transformers.modeling_outputs import BaseModelOutput
-
-        rows, width = mask.shape
-        cache = self.static_cache(rows, max_new_tokens, width)
-        padded_width = cache.cross_attention_cache.layers[0].max_cache_len
-        if padded_width > width:
-            hidden = torch.cat([hidden, hidden.new_zeros((rows, padded_width - width, hidden.shape[-1]))], dim=1)
-            mask = torch.cat([mask, mask.new_zeros((rows, padded_width - width))], dim=1)
-        encoder_outputs = BaseModelOutput(last_hidden_state=hidden)
-        tokens = torch.zeros((rows, max_new_tokens), dtype=torch.long, device=hidden.device)
-        done = torch.zeros(rows, dtype=torch.bool, device=hidden.device)
-        step_ids = torch.full((rows, 1), start_id, dtype=torch.long, device=hidden.device)
-        call = self.model.__call__  # the first step fills the cross-attention cache: uncompiled
-        steps = 0
-        for index in range(max_new_tokens):
-            output = call(
-                encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=step_ids, use_cache=True,
-                **{self.cache_key: cache},
-            )  # fmt: skip
-            call = self.step_function()
-            next_ids = output.logits[:, -1, :].argmax(dim=-1)
-            tokens[:, index] = next_ids
-            steps = index + 1
-            done |= next_ids == end_id
-            if bool(done.all()):
-                break
-            step_ids = next_ids[:, None]
-        return cut_after_end(tokens[:, :steps].tolist(), {end_id})
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"reader option {name}={value!r}: expected a positive integer")
 
 
 def _torch_float32() -> Any:

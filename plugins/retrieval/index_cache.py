@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +21,8 @@ from typing import Any
 from iagbench.files.cache import cache_root, file_sha256
 
 META = "meta.json"
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class Index:
 
 
 def log(message: str) -> None:
-    print(f"iagbench: {message}", file=sys.stderr, flush=True)
+    """Index building and reuse, for the user (the `iagbench` command line shows INFO messages)."""
+    LOGGER.info(message)
 
 
 def settings_hash(settings: dict[str, Any]) -> str:

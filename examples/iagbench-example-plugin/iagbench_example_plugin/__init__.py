@@ -1,7 +1,9 @@
-"""A worked example of an iagbench plugin: one imaginer, one reader, one metric.
+"""A worked example of an iagbench plugin: two imaginers, two readers, one metric.
 
 Everything here is a toy that shows the interfaces (see README.md and docs/plugins.md in the
-iagbench repository); none of it is a method worth benchmarking.
+iagbench repository); none of it is a method worth benchmarking. This module is the one the entry
+point names, so it stays light (no torch): the per-example LoRA pair in ``lora.py``, which needs
+torch and a model, is registered by a lazy "module:attribute" string and imported only when used.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from iagbench import (
 from iagbench.files.jsonl import json_objects
 
 WORD = re.compile(r"\w+")
+_LORA = "iagbench_example_plugin.lora"  # imports torch: named here, imported only when a run uses it
 
 
 def words(text: str) -> frozenset[str]:
@@ -112,11 +115,21 @@ def register_imaginers(register) -> None:
         KeywordPassages,
         description="EXAMPLE: k=3 passages of corpus= sharing the most words with the question",
     )
+    register(
+        "seeded-lora",
+        f"{_LORA}:SeededLoRA",
+        description="EXAMPLE: a random LoRA adapter per question, seeded by its text (model= the reader's)",
+    )
 
 
 @hookimpl
 def register_readers(register) -> None:
     register("first-passage-title", FirstPassageTitle, description="EXAMPLE: answers with the first passage's title")
+    register(
+        "lora-lm",
+        f"{_LORA}:LoRALM",
+        description="EXAMPLE: causal LM applying each question's LoRA adapter (default model: tiny RANDOM Llama)",
+    )
 
 
 @hookimpl

@@ -1,0 +1,61 @@
+"""`iagbench run`: an imaginer + reader over a dataset split, resumable (the engine is `iagbench.runs.runner`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+from iagbench.commands.arguments import (CommandOptions, Invocation, add_batch_size, add_component_options,
+                                         add_data_options, add_progress, names, positive)  # fmt: skip
+from iagbench.commands.logs import info
+from iagbench.commands.recipes import add_recipe_arguments
+from iagbench.contract.errors import ConfigurationError
+from iagbench.runs.batching import AUTO
+from iagbench.runs.runner import RunSpec
+
+NAME = "run"
+HELP = "run (or resume) an imaginer + reader over a dataset split"
+RUNS_ENV = "IAGBENCH_RUNS"
+DEFAULTS = {f.name: f.default for f in fields(RunSpec)}
+
+
+def configure(options: CommandOptions) -> None:
+    add_data_options(options)
+    add_component_options(options)
+    options.add("--metrics", default="", help="comma-separated metric names (default: all registered)")
+    add_batch_size(options, DEFAULTS["batch_size"], auto=True, help=(
+        "examples per imaginer/reader call (default: 16); auto: with CUDA the largest that fits (starts at 16, "
+        "doubles while batches fit, halves and retries on out-of-memory), without CUDA 16"))  # fmt: skip
+    options.add("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: 0)")
+    options.add("--output", type=Path, help="run folder (default: runs/<components>__<config hash>)")
+    options.add("--runs-dir", type=Path, default=Path(os.environ.get(RUNS_ENV, "runs")), help="where default run folders go")
+    add_progress(options)
+    options.add("--wait-timeout", type=float, default=DEFAULTS["wait_timeout"], metavar="SECONDS",
+                help="under torchrun and the like: how long a process waits for the others' files without progress "
+                "(default: 1800)")  # fmt: skip
+    add_recipe_arguments(options.parser)
+
+
+def run(invocation: Invocation) -> int:
+    from iagbench.analysis.report import render
+    from iagbench.runs.folder import RunFolder
+    from iagbench.runs.processes import Processes
+    from iagbench.runs.runner import run as run_job
+
+    job = invocation.job()
+    settings = job.settings
+    if settings["batch_size"] != AUTO and settings["batch_size"] < 1:
+        raise ConfigurationError(f"--batch-size {settings['batch_size']}: expected a positive integer or auto")
+    if settings["wait_timeout"] <= 0:
+        raise ConfigurationError(f"--wait-timeout {settings['wait_timeout']}: expected a positive number of seconds")
+    positive(job.limit, "--limit")
+    spec = RunSpec(**job.components(), output=job.output, metrics=names(settings["metrics"]), batch_size=settings["batch_size"],
+                   seed=settings["seed"], runs_dir=settings["runs_dir"], wait_timeout=settings["wait_timeout"])  # fmt: skip
+    processes = Processes.from_environment()
+    folder, _ = run_job(spec, invocation.plugins, progress=job.progress, log=info, non_default=job.non_default,
+                        processes=processes)  # fmt: skip
+    if processes.main:  # one table from a multi-process run
+        print(render([RunFolder(folder.path)]))
+        print(f"\nrun folder: {folder.path}")
+    return 0

@@ -1,0 +1,134 @@
+"""What defines a training run: `TrainSpec` as the user gave it, its validation, and `_Setup`,
+what `train()` resolves from it (plugins, examples, DeepSpeed config) before any process group exists."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iagbench.contract.components import Dataset, Metric
+from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.entry import Entry
+from iagbench.contract.types import Example
+
+DEFAULT_TRAIN_DIR = Path("trained")
+SCHEDULES = ("linear", "cosine", "constant")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class TrainSpec:
+    """Everything that defines one training run, as the user gave it."""
+
+    dataset: str
+    imaginer: str
+    reader: str
+    split: str = "train"
+    dataset_args: dict[str, Any] = field(default_factory=dict)
+    imaginer_args: dict[str, Any] = field(default_factory=dict)
+    reader_args: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+    steps: int | None = None  # optimizer steps; or epochs (default: 1 epoch)
+    epochs: float | None = None
+    batch_size: int = 8  # per process and micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "linear"
+    max_grad_norm: float = 1.0  # 0: no clipping
+    eval_every: int = 0  # 0: no evaluation
+    eval_split: str = "dev"
+    eval_limit: int | None = 200
+    eval_batch_size: int | None = None  # default: batch_size
+    save_every: int = 500  # and always at the end
+    keep: int = 3  # newest checkpoints kept; 0 keeps all
+    log_every: int = 10
+    seed: int = 0
+    mixed_precision: str = "auto"  # bf16 on CUDA, else no
+    deepspeed: Path | None = None  # a DeepSpeed config file (configs/deepspeed/zero2.json, zero3.json)
+    gradient_checkpointing: bool = False  # recompute the transformers models' layers in backward (less memory)
+    # long-context distillation (ImcQA): a frozen teacher imaginer + reader; the loss is plugins/distill's
+    teacher_imaginer: str | None = None  # default "none" when a teacher reader is given
+    teacher_reader: str | None = None  # no teacher: the reader's (or imaginer's) own loss
+    teacher_imaginer_args: dict[str, Any] = field(default_factory=dict)
+    teacher_reader_args: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 0.5  # weight of KD; 1 - alpha on the gold answer's cross-entropy
+    temperature: float = 1.0  # T0 of temperature_at(step, T0)
+    hidden_weight: float = 0.0  # cosine loss between the readers' last decoder hidden states
+    attention_weight: float = 0.0  # squared error between their last decoder self-attention maps
+    output: Path | None = None
+    train_dir: Path = DEFAULT_TRAIN_DIR
+
+
+# what only means something with a teacher (--teacher-reader)
+DISTILLATION_OPTIONS = ("teacher_imaginer", "teacher_imaginer_args", "teacher_reader_args", "alpha", "temperature",
+                        "hidden_weight", "attention_weight")  # fmt: skip
+
+
+def validate(spec: TrainSpec) -> None:
+    """Refuse (ConfigurationError, naming the command-line option) what no training run can be."""
+    _validate_counts(spec)
+    if spec.lr <= 0 or spec.weight_decay < 0 or spec.max_grad_norm < 0:
+        raise ConfigurationError("--lr must be positive, --weight-decay and --max-grad-norm 0 or more")
+    if spec.schedule not in SCHEDULES:
+        raise ConfigurationError(f"--schedule {spec.schedule}: expected one of {', '.join(SCHEDULES)}")
+    if spec.mixed_precision not in MIXED_PRECISION:
+        raise ConfigurationError(f"--mixed-precision {spec.mixed_precision}: expected one of {', '.join(MIXED_PRECISION)}")
+    _validate_distillation(spec)
+
+
+def _validate_counts(spec: TrainSpec) -> None:
+    """Step, batch and example counts: positive integers, or 0 or more; --steps or --epochs."""
+    positive = {"batch_size": spec.batch_size, "grad_accum": spec.grad_accum, "log_every": spec.log_every,
+                "save_every": spec.save_every}
+    for name, value in {**positive, "steps": spec.steps, "limit": spec.limit, "eval_limit": spec.eval_limit,
+                        "eval_batch_size": spec.eval_batch_size}.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigurationError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    for name in ("warmup_steps", "eval_every", "keep"):
+        if getattr(spec, name) < 0:
+            raise ConfigurationError(f"--{name.replace('_', '-')} {getattr(spec, name)}: expected 0 or more")
+    if spec.steps is not None and spec.epochs is not None:
+        raise ConfigurationError("give --steps or --epochs, not both")
+    if spec.epochs is not None and spec.epochs <= 0:
+        raise ConfigurationError(f"--epochs {spec.epochs}: expected a positive number")
+
+
+def _validate_distillation(spec: TrainSpec) -> None:
+    """Distillation options only with a teacher (--teacher-reader), and then within their ranges."""
+    if spec.teacher_reader is None:
+        given = [f"--{name.replace('_', '-')}" for name in DISTILLATION_OPTIONS if getattr(spec, name) != _default(name)]
+        if given:
+            raise ConfigurationError(f"{', '.join(given)}: distillation options need a teacher (--teacher-reader)")
+        return
+    if not 0.0 <= spec.alpha <= 1.0:
+        raise ConfigurationError(f"--alpha {spec.alpha}: expected a weight between 0 and 1")
+    if not spec.temperature > 0:
+        raise ConfigurationError(f"--temperature {spec.temperature}: expected a positive number")
+    if spec.hidden_weight < 0 or spec.attention_weight < 0:
+        raise ConfigurationError("--hidden-weight and --attention-weight must be 0 or more")
+
+
+def _default(name: str) -> Any:
+    """A `TrainSpec` field's default value."""
+    spec_field = TrainSpec.__dataclass_fields__[name]
+    return spec_field.default_factory() if spec_field.default_factory is not MISSING else spec_field.default
+
+
+@dataclass
+class _Setup:
+    """What train() resolves and checks before any process group exists."""
+
+    imaginer: Entry
+    reader: Entry
+    dataset: Entry
+    data: Dataset
+    examples: list[Example]
+    eval_examples: list[Example]
+    em: Metric | None
+    deepspeed_config: dict[str, Any] | None
+    mixed_precision: str
+    teacher_imaginer: Entry | None = None
+    teacher_reader: Entry | None = None
