@@ -61,7 +61,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--decoders", default="own,generate,static,compiled", help="columns: own, generate, static, compiled")
+    parser.add_argument(
+        "--decoders", default="own,generate,static,compiled", help="columns: own, generate, static, compiled"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,33 +89,45 @@ def main() -> None:
                 encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=mask, max_new_tokens=n,
                 do_sample=False, num_beams=1, eos_token_id=end, pad_token_id=reader.pad_id,
                 decoder_start_token_id=reader.start_id)  # fmt: skip
-            return [full[: len(row)] for row, full in zip(reference, sequences[:, 1:].tolist())]  # generate pads finished rows
+            return [
+                full[: len(row)] for row, full in zip(reference, sequences[:, 1:].tolist())
+            ]  # generate pads finished rows
         chosen = static if decoder == "static" else compiled
         return chosen.decode_seq2seq(hidden, mask, start_id=reader.start_id, end_id=end, max_new_tokens=n)
 
     with torch.inference_mode():
         encode_s, encoded = best(lambda: reader.encode(examples, contexts), 1, args.device)
         hidden, mask = encoded.hidden, encoded.mask
-        free = greedy_decode_seq2seq(model, hidden, mask, start_id=reader.start_id, end_id=reader.eos_id, max_new_tokens=n)
+        free = greedy_decode_seq2seq(
+            model, hidden, mask, start_id=reader.start_id, end_id=reader.eos_id, max_new_tokens=n
+        )
         early = Counter(token for row in free for token in row[:3]).most_common(1)[0][0]
         compile_s = best(lambda: run("compiled", reader.eos_id), 1, args.device)[0] if "compiled" in decoders else None
         rows = []
         for case, end in (("random model's own ends", reader.eos_id), ("rows end early", early)):
-            reference = greedy_decode_seq2seq(model, hidden, mask, start_id=reader.start_id, end_id=end, max_new_tokens=n)
+            reference = greedy_decode_seq2seq(
+                model, hidden, mask, start_id=reader.start_id, end_id=end, max_new_tokens=n
+            )
             row = [case]
             lengths = sorted(len(tokens) for tokens in reference)
             row.append(f"{lengths[0]}..{lengths[-1]} (mean {sum(lengths) / len(lengths):.1f})")
             same = True
             for decoder in decoders:
-                seconds, tokens = best(lambda: run(decoder, end), args.repeats, args.device)
+                seconds, tokens = best(lambda decoder=decoder, end=end: run(decoder, end), args.repeats, args.device)
                 row.append(f"{seconds * 1000:.0f}")
                 same &= tokens == reference
             rows.append([*row, same])
     print(f"{args.shape}, {args.batch} questions x {args.passages} passages, encoder states {tuple(hidden.shape)}, "
           f"{args.device} {args.dtype}; encoder {encode_s * 1000:.0f} ms"
           + (f"; compiled decoder's first run (compile) {compile_s:.1f} s" if compile_s is not None else ""))  # fmt: skip
-    names = {"own": "own loop ms", "generate": "generate ms", "static": "static cache ms", "compiled": "static+compiled ms"}
+    names = {
+        "own": "own loop ms",
+        "generate": "generate ms",
+        "static": "static cache ms",
+        "compiled": "static+compiled ms",
+    }
     print(tabulate(rows, headers=["case", "answer tokens", *(names[d] for d in decoders), "same tokens"]))
+
 
 if __name__ == "__main__":
     main()

@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--test-questions", type=int, default=100)
     parser.add_argument("--k", type=int, default=3, help="bm25 passages of the teacher")
     parser.add_argument("--teacher-steps", type=int, default=120)
-    parser.add_argument("--teacher-lr", type=float, default=1e-2, help="the random tiny T5 learns little at 1e-3 in minutes")
+    parser.add_argument(
+        "--teacher-lr", type=float, default=1e-2, help="the random tiny T5 learns little at 1e-3 in minutes"
+    )
     parser.add_argument("--imagine-steps", type=int, default=30)
     parser.add_argument("--student-steps", type=int, default=50)
     parser.add_argument("--student-lr", type=float, default=1e-2)
@@ -98,7 +100,12 @@ def main() -> None:
     common = ["--batch-size", str(args.batch_size), "--log-every", "10", "--no-progress"]
     bm25 = f"corpus={corpus},k={args.k}"
     fid = "text_maxlength=320,max_new_tokens=16"
-    teacher, pairs, imagined, student = out / "train-teacher", out / "pairs.jsonl", out / "train-imagine", out / "train-student"
+    teacher, pairs, imagined, student = (
+        out / "train-teacher",
+        out / "pairs.jsonl",
+        out / "train-imagine",
+        out / "train-student",
+    )
     teacher_reader = f"{fid},train=none,checkpoint={teacher}"
     imagine = f"model={args.imagine_model},lora_rank=8,max_new_tokens=32"
     hyper = "model=fid-tiny,rank=4,hidden=64,feature_dims=32,encoder=hashing"
@@ -150,10 +157,15 @@ def main() -> None:
         rows.append([name, round(metrics["em"], 1), round(metrics["f1"], 1), round(metrics["subspan_em"], 1), train_s,
                      round(score_s)])  # fmt: skip
     total = time.perf_counter() - total_started
-    print(f"\nImcQA tiny on NQ: {args.train_questions} training questions ({args.compress_questions} compressed with "
-          f"{args.compress_model}, {round(seconds['compress'])} s), {args.test_questions} test questions; total {total:.0f} s")
+    print(
+        f"\nImcQA tiny on NQ: {args.train_questions} training questions ({args.compress_questions} compressed with "
+        f"{args.compress_model}, {round(seconds['compress'])} s), {args.test_questions} test questions; total {total:.0f} s"
+    )
     print(tabulate(rows, headers=["row", "em", "f1", "subspan_em", "train s", "score s"], tablefmt="github"))
-    curves = [[name, *loss_curve(folder)] for name, folder in (("teacher", teacher), ("imagine", imagined), ("student", student))]
+    curves = [
+        [name, *loss_curve(folder)]
+        for name, folder in (("teacher", teacher), ("imagine", imagined), ("student", student))
+    ]
     print("\ntraining: first and last logged values (every 10 steps)")
     print(tabulate(curves, headers=["stage", "steps", "loss", "kd", "ce"], tablefmt="github"))
 

@@ -22,8 +22,14 @@ from iagbench.lm.lora import LLAMA_TARGETS, BatchedLoRA, LoRAAdapter
 from iagbench.lm.models import LLAMA_2_SHAPES
 
 SHAPES = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+    ),
     "llama-2-7b": LLAMA_2_SHAPES["llama-7b"],
     "llama-2-13b": LLAMA_2_SHAPES["llama-13b"],
 }
@@ -60,8 +66,14 @@ def main() -> None:
     lora = BatchedLoRA(model, LLAMA_TARGETS)
     adapters = [
         LoRAAdapter(
-            {k: torch.randn(layers, d_in, args.rank, device=device, dtype=dtype) * 0.01 for k, (layers, d_in, _) in lora.shapes.items()},
-            {k: torch.randn(layers, args.rank, d_out, device=device, dtype=dtype) * 0.01 for k, (layers, _, d_out) in lora.shapes.items()},
+            {
+                k: torch.randn(layers, d_in, args.rank, device=device, dtype=dtype) * 0.01
+                for k, (layers, d_in, _) in lora.shapes.items()
+            },
+            {
+                k: torch.randn(layers, args.rank, d_out, device=device, dtype=dtype) * 0.01
+                for k, (layers, _, d_out) in lora.shapes.items()
+            },
         )
         for _ in range(args.batch)
     ]
@@ -88,7 +100,9 @@ def main() -> None:
     base = rows[0][1]
     table = [[name, round(ms, 1), f"{100 * (ms / base - 1):+.1f}%"] for name, ms in rows]
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    print(f"{args.shape} random init, {args.dtype}, batch {args.batch} x {args.tokens} tokens, rank {args.rank}, on {name}")
+    print(
+        f"{args.shape} random init, {args.dtype}, batch {args.batch} x {args.tokens} tokens, rank {args.rank}, on {name}"
+    )
     print(tabulate(table, headers=["prefill", "ms/batch", "overhead"], tablefmt="github"))
 
 

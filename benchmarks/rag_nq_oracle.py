@@ -85,8 +85,8 @@ def main() -> None:
     retrievers = {}
     for kind in ("bm25", "dense", "hybrid"):
         entry = plugins["imaginers"].get(kind)
-        first, first_s = timed(lambda: entry.build(corpus=str(corpus), k=max(KS)))
-        _, again_s = timed(lambda: entry.build(corpus=str(corpus), k=max(KS)))
+        first, first_s = timed(lambda entry=entry: entry.build(corpus=str(corpus), k=max(KS)))
+        _, again_s = timed(lambda entry=entry: entry.build(corpus=str(corpus), k=max(KS)))
         startup_rows.append([kind, round(first_s, 2), round(again_s, 2), f"{first_s / again_s:.1f}x"])
         retrievers[kind] = first
         hits = {k: 0 for k in KS}
@@ -97,29 +97,55 @@ def main() -> None:
                 for k, hit in has_answer_at_k(example.answers, context.passages, KS).items():
                     hits[k] += hit
         seconds = time.perf_counter() - started
-        recall_rows.append([kind, *(round(100 * hits[k] / len(questions), 1) for k in KS), round(len(questions) / seconds, 1)])
+        recall_rows.append(
+            [kind, *(round(100 * hits[k] / len(questions), 1) for k in KS), round(len(questions) / seconds, 1)]
+        )
         print(recall_rows[-1], flush=True)
     print("\nRetrieval over all questions (DPR has_answer on passage text)")
-    print(tabulate(recall_rows, headers=["retriever", *(f"has_answer@{k}" for k in KS), "queries/s"], tablefmt="github"))
+    print(
+        tabulate(recall_rows, headers=["retriever", *(f"has_answer@{k}" for k in KS), "queries/s"], tablefmt="github")
+    )
     print("\nStart-up (index built, then reused from the cache)")
-    print(tabulate(startup_rows, headers=["retriever", "first start s", "second start s", "speed-up"], tablefmt="github"))
+    print(
+        tabulate(startup_rows, headers=["retriever", "first start s", "second start s", "speed-up"], tablefmt="github")
+    )
 
     bm25_speed(retrievers["bm25"], questions)
 
     if args.skip_reader:
         return
     reader_rows = []
-    settings = [("none", {})] + [(kind, {"corpus": str(corpus.resolve()), "k": k}) for kind in ("bm25", "dense", "hybrid") for k in (1, 5)]
+    settings = [("none", {})] + [
+        (kind, {"corpus": str(corpus.resolve()), "k": k}) for kind in ("bm25", "dense", "hybrid") for k in (1, 5)
+    ]
     for imaginer, options in settings:
-        spec = RunSpec("fid-json", "test", imaginer, "smollm2-135m", dataset_args={"path": oracle}, imaginer_args=options,
-                       limit=args.questions, runs_dir=args.out / "runs")
+        spec = RunSpec(
+            "fid-json",
+            "test",
+            imaginer,
+            "smollm2-135m",
+            dataset_args={"path": oracle},
+            imaginer_args=options,
+            limit=args.questions,
+            runs_dir=args.out / "runs",
+        )
         folder, results = run(spec, plugins, progress=False, log=lambda message: None)
         m = results["metrics"]
-        reader_rows.append([imaginer, options.get("k", 0), round(m["em"], 1), round(m["subspan_em"], 1),
-                            round(m.get("has_answer@1", float("nan")), 1), folder.path.name])
+        reader_rows.append(
+            [
+                imaginer,
+                options.get("k", 0),
+                round(m["em"], 1),
+                round(m["subspan_em"], 1),
+                round(m.get("has_answer@1", float("nan")), 1),
+                folder.path.name,
+            ]
+        )
         print(reader_rows[-1], flush=True)
     print(f"\nsmollm2-135m on the first {args.questions} questions")
-    print(tabulate(reader_rows, headers=["imaginer", "k", "em", "subspan_em", "has_answer@1", "run"], tablefmt="github"))
+    print(
+        tabulate(reader_rows, headers=["imaginer", "k", "em", "subspan_em", "has_answer@1", "run"], tablefmt="github")
+    )
 
 
 def bm25_speed(retriever, questions) -> None:
@@ -140,8 +166,10 @@ def bm25_speed(retriever, questions) -> None:
     query_tokens = tokenizer.tokenize(queries, update_vocab=True, return_as="string", show_progress=False)
     _, ours_s = timed(lambda: index.search(queries, 20))
     _, theirs_s = timed(lambda: [np.argsort(-reference.get_scores(q))[:20] for q in query_tokens])
-    rows = [["iagbench bm25 (bm25s, memory-mapped index)", round(len(queries) / ours_s, 1)],
-            ["rank_bm25 BM25Okapi", round(len(queries) / theirs_s, 1)]]
+    rows = [
+        ["iagbench bm25 (bm25s, memory-mapped index)", round(len(queries) / ours_s, 1)],
+        ["rank_bm25 BM25Okapi", round(len(queries) / theirs_s, 1)],
+    ]
     print(f"\nBM25 throughput, {len(queries)} queries, top-20: {theirs_s / ours_s:.1f}x")
     print(tabulate(rows, headers=["implementation", "queries/s"], tablefmt="github"))
 

@@ -47,7 +47,9 @@ def baseline(reader: CausalLMReader, questions: list[str], batch_size: int, new_
         prompts = [f"Question: {q}\nAnswer:" for q in questions[start : start + batch_size]]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
         with torch.inference_mode():
-            generated = model.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            generated = model.generate(
+                **encoded, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         outputs += tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
     return outputs
 
@@ -86,8 +88,12 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch-sizes", default="16,64", help="batch sizes to try for the iagbench reader")
     parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16 (bf16 is fast on CPUs with AMX)")
-    parser.add_argument("--decoding", default="dynamic,static,compiled", help="comma-separated: dynamic, static, compiled")
-    parser.add_argument("--prompt-tokens", type=int, default=0, help="synthetic questions of this many tokens, no dataset")
+    parser.add_argument(
+        "--decoding", default="dynamic,static,compiled", help="comma-separated: dynamic, static, compiled"
+    )
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=0, help="synthetic questions of this many tokens, no dataset"
+    )
     parser.add_argument("--new-tokens", type=int, default=16, help="new tokens per answer, both sides")
     parser.add_argument("--baseline-batch", type=int, default=16, help="batch size of the plain generate loop")
     args = parser.parse_args()
@@ -143,14 +149,18 @@ def main() -> None:
             if len(rows) == first:
                 if first == 0:
                     where = torch.cuda.get_device_name() if cuda else f"CPU, torch threads {torch.get_num_threads()}"
-                    what = f"synthetic questions of {args.prompt_tokens} tokens" if synthetic else f"questions of {args.dataset}/{args.split}"
+                    what = (
+                        f"synthetic questions of {args.prompt_tokens} tokens"
+                        if synthetic
+                        else f"questions of {args.dataset}/{args.split}"
+                    )
                     print(f"{len(examples)} {what}; model {args.model}; {where}")
                 questions = [e.question for e in examples]
                 measure(f"{dtype}: plain generate loop (batch {args.baseline_batch}, {args.new_tokens} new tokens)",
-                        lambda: baseline(reader, questions, args.baseline_batch, args.new_tokens))  # fmt: skip
+                        lambda reader=reader, questions=questions: baseline(reader, questions, args.baseline_batch, args.new_tokens))  # fmt: skip
             for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
                 measure(f"{dtype}: iagbench causal-lm reader, {mode} (batch {batch_size})",
-                        lambda: ours(reader, examples, batch_size), warm_up=mode != "dynamic")  # fmt: skip
+                        lambda reader=reader, examples=examples, batch_size=batch_size: ours(reader, examples, batch_size), warm_up=mode != "dynamic")  # fmt: skip
             del reader
             gc.collect()
             if cuda:
@@ -158,7 +168,15 @@ def main() -> None:
         for row in rows[first + 1 :]:
             row.append(f"{row[2] / rows[first][2]:.2f}x")
     quality_headers = ["same as baseline %"] if synthetic else ["em", "subspan_em"]
-    headers = ["method", "seconds", "questions/s", *quality_headers, *(["peak GiB"] if cuda else []), "first pass s", "speed-up"]
+    headers = [
+        "method",
+        "seconds",
+        "questions/s",
+        *quality_headers,
+        *(["peak GiB"] if cuda else []),
+        "first pass s",
+        "speed-up",
+    ]
     print(tabulate(rows, headers=headers, tablefmt="github"))
 
 

@@ -48,8 +48,12 @@ def test_rag_bm25(iagbench_run, iagbench_baseline, rag_corpus):
     """bm25 top-3 passages of the corpus above, read by SmolLM2, on the same NQ questions as closed-book."""
     corpus = os.path.relpath(rag_corpus)  # relative to the working folder: the same configuration hash on every clone
     results = iagbench_run(
-        dataset="nq", split="test", imaginer="bm25", imaginer_args={"corpus": corpus, "k": RAG_K},
-        reader=READER, limit=LIMIT,
+        dataset="nq",
+        split="test",
+        imaginer="bm25",
+        imaginer_args={"corpus": corpus, "k": RAG_K},
+        reader=READER,
+        limit=LIMIT,
     )
     assert results["n"] == LIMIT and f"has_answer@{RAG_K}" in results["metrics"]
     iagbench_baseline(results, f"nq-test-100__bm25-k{RAG_K}__{READER}")

@@ -97,7 +97,9 @@ def main() -> None:
 
     import torch
 
-    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} torch threads)"
+    where = (
+        torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} torch threads)"
+    )
     print(f"causal-lm {args.reader_args}; sample train; {args.steps} steps of {args.batch_size} examples; on {where}")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="iagbench-train-speed-"))
     folder.mkdir(parents=True, exist_ok=True)

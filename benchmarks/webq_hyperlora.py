@@ -62,8 +62,21 @@ def main() -> None:
     data = ["--dataset", "webq", "--data-dir", args.data_dir]
     reader = "prompt=qa"
     hyper = f"rank={args.rank},hidden=64,feature_dims=255,encoder=minilm"
-    train = ["--split", "train", "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-             "--warmup-steps", str(args.steps // 10), "--save-every", str(max(args.steps // 3, 1)), "--no-progress"]
+    train = [
+        "--split",
+        "train",
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--warmup-steps",
+        str(args.steps // 10),
+        "--save-every",
+        str(max(args.steps // 3, 1)),
+        "--no-progress",
+    ]
     limit = ["--limit", str(args.test_limit)] if args.test_limit else []
     methods = {
         "closed-book (5-shot prompt)": (None, ["--imaginer", "none"]),
@@ -88,12 +101,38 @@ def main() -> None:
             seconds = time.perf_counter() - started
             parameters = trained_parameters(train_out)
         run_out = args.out / f"run-{slug}"
-        iagbench("run", *data, "--split", "test", *limit, "--reader", "smollm2-135m", "--batch-size", "64",
-                 "--output", str(run_out), "--no-progress", *[a.replace("{out}", str(train_out)) for a in run_args])
+        iagbench(
+            "run",
+            *data,
+            "--split",
+            "test",
+            *limit,
+            "--reader",
+            "smollm2-135m",
+            "--batch-size",
+            "64",
+            "--output",
+            str(run_out),
+            "--no-progress",
+            *[a.replace("{out}", str(train_out)) for a in run_args],
+        )
         metrics = json.loads((run_out / "results.json").read_text())["metrics"]
-        rows.append([name, round(metrics["em"], 2), round(metrics["f1"], 2), round(metrics["subspan_em"], 2), parameters, round(seconds)])
-    print(f"\nsmollm2-135m on WebQuestions test; training: {args.steps} steps x {args.batch_size}, lr {args.lr}, rank {args.rank}")
-    print(tabulate(rows, headers=["method", "em", "f1", "subspan_em", "trainable params", "train s"], tablefmt="github"))
+        rows.append(
+            [
+                name,
+                round(metrics["em"], 2),
+                round(metrics["f1"], 2),
+                round(metrics["subspan_em"], 2),
+                parameters,
+                round(seconds),
+            ]
+        )
+    print(
+        f"\nsmollm2-135m on WebQuestions test; training: {args.steps} steps x {args.batch_size}, lr {args.lr}, rank {args.rank}"
+    )
+    print(
+        tabulate(rows, headers=["method", "em", "f1", "subspan_em", "trainable params", "train s"], tablefmt="github")
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """iagbench: a plugin-based benchmark harness for open-domain question answering."""
 
 from iagbench.contract.adapters import LoRAAdapter
-from iagbench.contract.components import Dataset, Distillable, Imaginer, Metric, Reader
+from iagbench.contract.components import Dataset, Distillable, Imaginer, Metric, Reader, Trainable
 from iagbench.contract.errors import ConfigurationError, DataError, IagbenchError, UnknownNameError
 from iagbench.contract.hookspecs import hookimpl
 from iagbench.contract.types import Answer, Context, Example, Passage
-
 from iagbench.version import __version__
 
 __all__ = [
@@ -22,6 +21,7 @@ __all__ = [
     "Metric",
     "Passage",
     "Reader",
+    "Trainable",
     "UnknownNameError",
     "__version__",
     "hookimpl",

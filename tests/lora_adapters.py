@@ -10,7 +10,13 @@ from iagbench.lm.lora import LoRAAdapter, target_modules
 
 
 def random_lora_adapter(
-    model: torch.nn.Module, targets: Sequence[str], seed: int, *, rank: int = 4, weight_scale: float = 0.3, scale: float = 1.0
+    model: torch.nn.Module,
+    targets: Sequence[str],
+    seed: int,
+    *,
+    rank: int = 4,
+    weight_scale: float = 0.3,
+    scale: float = 1.0,
 ) -> LoRAAdapter:
     """A seeded LoRA for every layer of ``targets`` in ``model``: N(0, weight_scale^2) A and B, applied with ``scale``."""
     generator = torch.Generator().manual_seed(seed)

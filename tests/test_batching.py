@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from iagbench import Imaginer, Reader
-from iagbench.runs.batching import AUTO_CPU, AUTO_START, BatchSizer
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.plugins import load_plugins
+from iagbench.runs.batching import AUTO_CPU, AUTO_START, BatchSizer
 from iagbench.runs.processes import Processes
 from iagbench.runs.runner import RunSpec, ordered_examples, predict, run
 from iagbench_plugins.datasets.sample import Sample
@@ -104,7 +104,10 @@ def test_probing_doubles_then_halves_on_out_of_memory_and_writes_every_example_o
 
 def test_out_of_memory_at_a_fixed_size_or_at_one_example_is_a_one_line_error():
     todo = SAMPLE_TEST[:10]
-    with pytest.raises(ConfigurationError, match="CUDA out of memory with a batch of 8 examples; use a smaller --batch-size or --batch-size auto"):
+    with pytest.raises(
+        ConfigurationError,
+        match="CUDA out of memory with a batch of 8 examples; use a smaller --batch-size or --batch-size auto",
+    ):
         collect(todo, BudgetReader(0), BatchSizer(8))
     written = []
     with pytest.raises(ConfigurationError, match="with a batch of one example .*the model does not fit"):
@@ -140,7 +143,9 @@ def test_cli_batch_size_auto_without_cuda_is_16(invoke_cli, echo_plugin_file, tm
     )  # fmt: skip
     assert code == 0, err
     results = json.loads((output / "results.json").read_text())
-    assert results["predicted_by"][0]["batch_size"] == AUTO_CPU and results["predicted_by"][0]["batch_size_auto"] is False
+    assert (
+        results["predicted_by"][0]["batch_size"] == AUTO_CPU and results["predicted_by"][0]["batch_size_auto"] is False
+    )
     assert json.loads((output / "config.json").read_text())["non_default_options"]["batch_size"] == "auto"
     code, _, err = invoke_cli("run", "--reader", "echo", "--batch-size", "0", "--output", str(tmp_path / "other"),
                               plugin_files=(echo_plugin_file,))  # fmt: skip

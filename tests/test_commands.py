@@ -101,7 +101,10 @@ def test_defaults_come_from_the_engine_specs_and_non_defaults_are_recorded():
     args = parser.parse_args(["train", "--reader", "echo", "--lr", "1e-4", "--reader-args", "a=1,b=x"])
     job = Invocation(args, args.options, None).job()
     assert job.settings["lr"] == TrainSpec.lr and job.settings["batch_size"] == TrainSpec.batch_size
-    assert job.reader_args == {"a": 1, "b": "x"} and job.non_default == {"reader": "echo", "reader_args": {"a": 1, "b": "x"}}
+    assert job.reader_args == {"a": 1, "b": "x"} and job.non_default == {
+        "reader": "echo",
+        "reader_args": {"a": 1, "b": "x"},
+    }
     args = parser.parse_args(["run"])
     with pytest.raises(Exception, match="the option --reader is required"):
         Invocation(args, args.options, None).job()

@@ -11,16 +11,23 @@ from pathlib import Path
 import pytest
 
 from iagbench.analysis.compare import compare
-from iagbench.runs.runner import RunSpec, run
 from iagbench.analysis.stats import bootstrap_interval, mcnemar, paired_bootstrap
+from iagbench.runs.runner import RunSpec, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def echo_run(plugins, runs_dir: Path, mode: str, limit: int, dataset: str = "sample", **dataset_args) -> Path:
     spec = RunSpec(
-        dataset=dataset, split="test", imaginer="none", reader="echo", reader_args={"mode": mode},
-        dataset_args=dataset_args, limit=limit, batch_size=8, runs_dir=runs_dir,
+        dataset=dataset,
+        split="test",
+        imaginer="none",
+        reader="echo",
+        reader_args={"mode": mode},
+        dataset_args=dataset_args,
+        limit=limit,
+        batch_size=8,
+        runs_dir=runs_dir,
     )
     folder, _ = run(spec, plugins, progress=False, log=lambda _: None)
     return folder.path
@@ -148,24 +155,30 @@ def test_report_bars_and_error_bars_are_the_means_and_bootstrap_intervals(runs, 
     """The plotted bars: each run's mean per metric, error bars from the bootstrap of its examples."""
     from matplotlib.axes import Axes
 
-    from iagbench import plot
+    from iagbench.analysis import plot
     from iagbench.runs.folder import RunFolder
 
     drawn = []
     original = Axes.bar
-    monkeypatch.setattr(Axes, "bar", lambda self, x, h, w, **kw: drawn.append((list(h), kw["yerr"])) or original(self, x, h, w, **kw))
+    monkeypatch.setattr(
+        Axes, "bar", lambda self, x, h, w, **kw: drawn.append((list(h), kw["yerr"])) or original(self, x, h, w, **kw)
+    )
     plot.figure_png([RunFolder(runs["mixed"]), RunFolder(runs["first"])])
     mixed = records(runs["mixed"])
     heights, (below, above) = drawn[0]
     for index, key in enumerate(["em", "f1", "subspan_em"]):
         interval = bootstrap_interval([r["scores"][key] for r in mixed.values()]).scaled(100)
         assert heights[index] == pytest.approx(interval.estimate)
-        assert (heights[index] - below[index], heights[index] + above[index]) == pytest.approx((interval.low, interval.high))
+        assert (heights[index] - below[index], heights[index] + above[index]) == pytest.approx(
+            (interval.low, interval.high)
+        )
 
 
 def test_report_html_has_the_table_the_intervals_and_the_plot(runs, invoke_cli, tmp_path):
     plot = tmp_path / "p.png"
-    code, out, err = invoke_cli("report", str(runs["mixed"]), str(runs["first"]), "--format", "html", "--plot", str(plot))
+    code, out, err = invoke_cli(
+        "report", str(runs["mixed"]), str(runs["first"]), "--format", "html", "--plot", str(plot)
+    )
     assert code == 0, err
     assert out.startswith("<!DOCTYPE html>") and out.rstrip().endswith("</html>")
     for column in ("run", "dataset", "split", "imaginer", "reader", "n", "em", "f1", "subspan_em"):

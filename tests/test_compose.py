@@ -28,7 +28,10 @@ class Tagged(Imaginer):
         self.tag, self.n, self.device = tag, n, device
 
     def imagine(self, examples):
-        return [Context(passages=tuple(Passage(f"{self.tag}:{e.id}:{i}", title=self.tag) for i in range(self.n))) for e in examples]
+        return [
+            Context(passages=tuple(Passage(f"{self.tag}:{e.id}:{i}", title=self.tag) for i in range(self.n)))
+            for e in examples
+        ]
 
     def describe(self):
         return {"tag": self.tag, "n": self.n, "device": self.device}
@@ -83,10 +86,18 @@ def test_registry_resolves_a_composite_with_the_union_of_provides(plugins):
 
 
 def test_a_run_records_every_part_s_plugin(plugins):
-    resolved = Resolved(plugins["datasets"].get("sample"), plugins["imaginers"].get("bm25+hyperlora"),
-                        plugins["readers"].get("tiny-llama"), [])
+    resolved = Resolved(
+        plugins["datasets"].get("sample"),
+        plugins["imaginers"].get("bm25+hyperlora"),
+        plugins["readers"].get("tiny-llama"),
+        [],
+    )
     assert set(plugin_versions(plugins, resolved)) == {
-        "iagbench-datasets", "iagbench-retrieval", "iagbench-hyperlora", "iagbench-readers"}
+        "iagbench-datasets",
+        "iagbench-retrieval",
+        "iagbench-hyperlora",
+        "iagbench-readers",
+    }
 
 
 def test_contexts_merge_passages_in_part_order_and_keep_the_adapter(plugins):
@@ -95,8 +106,10 @@ def test_contexts_merge_passages_in_part_order_and_keep_the_adapter(plugins):
     contexts = imaginer.imagine(EXAMPLES)
     assert [p.text for p in contexts[1].passages] == ["x:q2:0", "x:q2:1"]
     assert contexts[1].adapter == ("adapter", "q2")
-    assert imaginer.describe() == {"composite": "tagged+adapter-a",
-                                   "parts": [{"name": "tagged", "tag": "x", "n": 2, "device": "cpu"}, {"name": "adapter-a"}]}
+    assert imaginer.describe() == {
+        "composite": "tagged+adapter-a",
+        "parts": [{"name": "tagged", "tag": "x", "n": 2, "device": "cpu"}, {"name": "adapter-a"}],
+    }
 
 
 def test_options_route_by_prefix_and_shared_options_reach_every_part_that_takes_them(plugins):
@@ -106,11 +119,15 @@ def test_options_route_by_prefix_and_shared_options_reach_every_part_that_takes_
     prefixed_wins = plugins["imaginers"].get("tagged+adapter-a").build(device="cpu", **{"adapter-a.device": "meta"})
     assert [part.device for _, part in prefixed_wins.parts] == ["cpu", "meta"]
     entry = plugins["imaginers"].get("tagged+none")
-    with pytest.raises(ConfigurationError, match=r"no part takes option 'k' \(options: tagged: tag, n, device; none: \(none\)\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"no part takes option 'k' \(options: tagged: tag, n, device; none: \(none\)\)"
+    ):
         entry.build(k=1)
     with pytest.raises(ConfigurationError, match=r"option 'bm25.k' names no part \(parts: tagged, none\)"):
         entry.build(**{"bm25.k": 1})
-    with pytest.raises(ConfigurationError, match=r"imaginer 'tagged\+none', part 'tagged': .*unexpected keyword argument 'x'"):
+    with pytest.raises(
+        ConfigurationError, match=r"imaginer 'tagged\+none', part 'tagged': .*unexpected keyword argument 'x'"
+    ):
         entry.build(**{"tagged.x": 1})
 
 
@@ -165,16 +182,45 @@ def test_given_plus_hyperlora_trains_and_a_run_loads_the_part_s_checkpoint(tmp_p
     options = {"given.k": 1, **hyper}
     output = tmp_path / "out"
     train(
-        TrainSpec(dataset="sample", imaginer="given+hyperlora", reader="tiny-llama", imaginer_args=options, limit=8,
-                  steps=2, batch_size=4, lr=0.01, log_every=1, save_every=2, output=output),
-        plugins, progress=False, log=lambda message: None,
+        TrainSpec(
+            dataset="sample",
+            imaginer="given+hyperlora",
+            reader="tiny-llama",
+            imaginer_args=options,
+            limit=8,
+            steps=2,
+            batch_size=4,
+            lr=0.01,
+            log_every=1,
+            save_every=2,
+            output=output,
+        ),
+        plugins,
+        progress=False,
+        log=lambda message: None,
     )
     assert [r["step"] for r in read_log(output)] == [1, 2]
     assert "given+hyperlora" in json.loads((output / "train_config.json").read_text())["identity"]["imaginer"]["name"]
     args = ",".join(f"{k}={v}" for k, v in {**options, "hyperlora.checkpoint": output}.items())
     code, _, err = invoke_cli(
-        "run", "--split", "test", "--limit", "2", "--metrics", "em", "--no-progress", "--imaginer", "given+hyperlora",
-        "--imaginer-args", args, "--reader", "tiny-llama", "--reader-args", "max_new_tokens=2", "--output", str(tmp_path / "run"),
+        "run",
+        "--split",
+        "test",
+        "--limit",
+        "2",
+        "--metrics",
+        "em",
+        "--no-progress",
+        "--imaginer",
+        "given+hyperlora",
+        "--imaginer-args",
+        args,
+        "--reader",
+        "tiny-llama",
+        "--reader-args",
+        "max_new_tokens=2",
+        "--output",
+        str(tmp_path / "run"),
     )
     assert code == 0, err
     parts = json.loads((tmp_path / "run" / "components.json").read_text())["imaginer"]["parts"]

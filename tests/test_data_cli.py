@@ -36,14 +36,18 @@ def test_export_writes_every_question_of_the_split(cli, data_dir, dataset, split
 
 
 def test_export_limit_and_data_folder_from_the_environment(cli, data_dir):
-    limited = exported(cli("data", "export", "nq", "--split", "test", "--limit", "5", env={"IAGBENCH_DATA": str(data_dir)}))
+    limited = exported(
+        cli("data", "export", "nq", "--split", "test", "--limit", "5", env={"IAGBENCH_DATA": str(data_dir)})
+    )
     full = exported(cli("data", "export", "nq", "--split", "test", "--limit", "6", "--data-dir", str(data_dir)))
     assert len(limited) == 5 and limited == full[:5]
 
 
 def test_export_of_a_file_with_passages_keeps_them(cli, data_dir):
     path = data_dir / "nq-oracle" / "nq-open-oracle.jsonl.gz"
-    records = exported(cli("data", "export", "fid-json", "--split", "test", "--limit", "3", "--dataset-args", f"path={path}"))
+    records = exported(
+        cli("data", "export", "fid-json", "--split", "test", "--limit", "3", "--dataset-args", f"path={path}")
+    )
     assert len(records) == 3
     assert all(r["ctxs"] and all(c["text"] for c in r["ctxs"]) for r in records)
 

@@ -177,7 +177,10 @@ def test_path_option_reads_several_files_for_any_split(tmp_path):
     a = write(tmp_path / "a.jsonl", '{"question": "q1", "answer": ["x"]}\n')
     b = write(tmp_path / "b.qa.csv", "q2\t['y']\n")
     examples = list(TriviaQA(path=f"{a}{os.pathsep}{b}").load("dev"))
-    assert [(e.id, e.answers) for e in examples] == [(sha_id("triviaqa", "dev", "q1"), ("x",)), (sha_id("triviaqa", "dev", "q2"), ("y",))]
+    assert [(e.id, e.answers) for e in examples] == [
+        (sha_id("triviaqa", "dev", "q1"), ("x",)),
+        (sha_id("triviaqa", "dev", "q2"), ("y",)),
+    ]
     with pytest.raises(ConfigurationError, match=str(tmp_path / "nope.json")):
         FidJson(path=tmp_path / "nope.json").load("x")
 
@@ -186,7 +189,10 @@ def test_path_option_reads_several_files_for_any_split(tmp_path):
 
 
 def test_repeated_questions_get_numbered_ids(tmp_path):
-    path = write(tmp_path / "q.jsonl", "".join(json.dumps({"question": q, "answer": ["a"]}) + "\n" for q in ["q", " q ", "r", "q"]))
+    path = write(
+        tmp_path / "q.jsonl",
+        "".join(json.dumps({"question": q, "answer": ["a"]}) + "\n" for q in ["q", " q ", "r", "q"]),
+    )
     ids = [e.id for e in NaturalQuestions(path=path).load("test")]
     base = sha_id("nq", "test", "q")
     assert ids == [base, f"{base}-2", sha_id("nq", "test", "r"), f"{base}-3"]
@@ -194,7 +200,12 @@ def test_repeated_questions_get_numbered_ids(tmp_path):
 
 def test_fid_json_gzip_jsonl_and_json_array(tmp_path):
     records = [
-        {"id": 7, "question": "who?", "answers": ["me"], "ctxs": [{"id": "p1", "title": "T", "text": "me.", "score": "81.5"}]},
+        {
+            "id": 7,
+            "question": "who?",
+            "answers": ["me"],
+            "ctxs": [{"id": "p1", "title": "T", "text": "me.", "score": "81.5"}],
+        },
         {"question": "what?", "answer": ["it"], "ctxs": [{"title": "U", "text": "it."}]},
     ]
     gz = tmp_path / "dev.jsonl.gz"
@@ -235,9 +246,19 @@ JSONL_OK = '{"question": "q", "answer": ["a"]}\n'
         ("bad.jsonl", '{"question": "q", "answers": ["a"], "id": 1.5}\n', 1, "id"),
         ("bad.jsonl", "[1, 2]\n", 1, None),
         ("bad.jsonl", '{"question": "q", "answers": ["a"], "ctxs": {"text": "t"}}\n', 1, "ctxs"),
-        ("bad.jsonl", '{"question": "q", "answers": ["a"], "ctxs": [{"title": "", "text": "t"}, {"title": "T"}]}\n', 1, "ctxs[1].text"),
+        (
+            "bad.jsonl",
+            '{"question": "q", "answers": ["a"], "ctxs": [{"title": "", "text": "t"}, {"title": "T"}]}\n',
+            1,
+            "ctxs[1].text",
+        ),
         ("bad.jsonl", '{"question": "q", "answers": ["a"], "ctxs": [{"text": "t"}]}\n', 1, "ctxs[0].title"),
-        ("bad.jsonl", '{"question": "q", "answers": ["a"], "ctxs": [{"title": "", "text": "t", "score": "high"}]}\n', 1, "ctxs[0].score"),
+        (
+            "bad.jsonl",
+            '{"question": "q", "answers": ["a"], "ctxs": [{"title": "", "text": "t", "score": "high"}]}\n',
+            1,
+            "ctxs[0].score",
+        ),
         ("bad.qa.csv", "q\t['a']\nq2\t['b']\textra\n", 2, None),
         ("bad.qa.csv", "q\t['a']\nonly a question\n", 2, None),
         ("bad.qa.csv", "q\t['a']\nq2\tnot a list\n", 2, "answers"),
@@ -245,7 +266,12 @@ JSONL_OK = '{"question": "q", "answer": ["a"]}\n'
         ("bad.qa.csv", "q\t['a']\nq2\t'a'\n", 2, "answers"),
         ("bad.qa.csv", "q\t[]\n", 1, "answers"),
         ("bad.qa.csv", '"a ""quoted""\nquestion"\t[\'a\']\n\t[\'b\']\n', 3, "question"),
-        ("bad.json", '[\n {"qId": "w1", "qText": "q", "answers": ["a"]},\n {"qId": "w2",\n  "answers": ["a"]}\n]', 3, "qText"),
+        (
+            "bad.json",
+            '[\n {"qId": "w1", "qText": "q", "answers": ["a"]},\n {"qId": "w2",\n  "answers": ["a"]}\n]',
+            3,
+            "qText",
+        ),
         ("bad.json", '[\n {"question": "q", "answers": ["a"]},\n {"question": "q", "answers": "a"}\n]', 3, "answers"),
         ("bad.json", '[\n {"question": "q", "answers": ["a"]},\n {"question": "q" "answers": ["a"]}\n]', 3, None),
         ("bad.json", '[\n {"question": "q", "answers": ["a"]}', 2, None),
@@ -294,12 +320,21 @@ def test_hub_nq_maps_test_to_validation_with_the_same_ids_as_files(tmp_path, off
     question = "when was the last time anyone was on the moon"
     folder = hub_folder(
         tmp_path / "nq_open",
-        {"train": {"question": ["t"], "answer": [["a"]]}, "validation": {"question": [question], "answer": [["December 1972"]]}},
+        {
+            "train": {"question": ["t"], "answer": [["a"]]},
+            "validation": {"question": [question], "answer": [["December 1972"]]},
+        },
     )
     dataset = NaturalQuestions(source="hub", hub_id=str(folder), cache_dir=str(tmp_path / "cache"))
     assert list(dataset.load("test")) == [Example(sha_id("nq", "test", question), question, ("December 1972",))]
     assert [e.question for e in dataset.load("train")] == ["t"]
-    assert dataset.describe("test") == {"source": "hub", "hub_id": str(folder), "hub_config": None, "split": "validation", "note": dataset.hub_note}
+    assert dataset.describe("test") == {
+        "source": "hub",
+        "hub_id": str(folder),
+        "hub_config": None,
+        "split": "validation",
+        "note": dataset.hub_note,
+    }
     with pytest.raises(ConfigurationError, match="no hub split for split 'dev'"):
         dataset.load("dev")
 
@@ -314,7 +349,9 @@ def test_hub_triviaqa_answers_are_aliases_then_value(tmp_path, offline_hub):
 
 def test_hub_webq_and_missing_field(tmp_path, offline_hub):
     folder = hub_folder(tmp_path / "wq", {"test": {"url": ["u"], "question": ["q?"], "answers": [["a"]]}})
-    assert [e.answers for e in WebQuestions(source="hub", hub_id=str(folder), cache_dir=str(tmp_path / "c")).load("test")] == [("a",)]
+    assert [
+        e.answers for e in WebQuestions(source="hub", hub_id=str(folder), cache_dir=str(tmp_path / "c")).load("test")
+    ] == [("a",)]
     broken = hub_folder(tmp_path / "broken", {"validation": {"question": ["q1", "q2"], "answers": [["a"], ["b"]]}})
     with pytest.raises(DataError) as caught:
         list(NaturalQuestions(source="hub", hub_id=str(broken), cache_dir=str(tmp_path / "c")).load("test"))
@@ -330,7 +367,10 @@ def test_hub_source_and_path_conflict():
 
 
 def sample_root(tmp_path: Path, questions: list[dict]) -> Path:
-    passages = [{"id": "p1", "title": "Moon", "text": "Apollo 17 left the Moon in December 1972."}, {"id": "p2", "title": "", "text": "Two."}]
+    passages = [
+        {"id": "p1", "title": "Moon", "text": "Apollo 17 left the Moon in December 1972."},
+        {"id": "p2", "title": "", "text": "Two."},
+    ]
     write(tmp_path / "passages.jsonl", "".join(json.dumps(p) + "\n" for p in passages))
     write(tmp_path / "questions.jsonl", "".join(json.dumps(q) + "\n" for q in questions))
     return tmp_path

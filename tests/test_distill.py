@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from trends import assert_falls
 
 from iagbench import Context, Example, Passage
-from trends import assert_falls
 from iagbench.lm.distill import (
     attention_mse_loss,
     cross_entropy_loss,
@@ -19,7 +19,6 @@ from iagbench.lm.distill import (
     kd_loss,
     temperature_at,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +62,10 @@ def test_kd_loss_is_kl_teacher_student_times_t_squared_over_real_positions(tempe
     # the same with torch's kl_div on the real positions only (batchmean = mean over positions)
     rows = torch.tensor(REAL)
     s, t = student[rows[:, 0], rows[:, 1]], teacher[rows[:, 0], rows[:, 1]]
-    expected = F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean") * temperature**2
+    expected = (
+        F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean")
+        * temperature**2
+    )
     torch.testing.assert_close(loss, expected)
     unscaled = kd_loss(student, teacher, MASK, temperature, t_squared=False)
     torch.testing.assert_close(unscaled * temperature**2, loss)
@@ -83,7 +85,9 @@ def test_padding_values_change_nothing_and_get_no_gradient():
     assert (garbage_student.grad[~MASK] == 0).all() and (garbage_student.grad[MASK] != 0).any()
     assert garbage_teacher.grad is None  # the teacher is a target, not trained
     # Averaging the padding positions in (as the reference code does) would give another value:
-    padded_in = F.kl_div(F.log_softmax(student / 2.0, -1), F.softmax(teacher / 2.0, -1), reduction="none").sum(-1).mean() * 4.0
+    padded_in = (
+        F.kl_div(F.log_softmax(student / 2.0, -1), F.softmax(teacher / 2.0, -1), reduction="none").sum(-1).mean() * 4.0
+    )
     assert not torch.isclose(padded_in, clean)
 
 
@@ -110,7 +114,9 @@ def test_distillation_loss_mixes_kd_and_cross_entropy_over_real_positions():
     assert cross_entropy_loss(student, labels.masked_fill(~MASK, -100)).item() == pytest.approx(ce_by_hand, rel=1e-5)
 
     alpha, temperature = 0.3, 1.5
-    result = distillation_loss(with_garbage(student), with_garbage(teacher), garbage_labels, MASK, alpha=alpha, temperature=temperature)
+    result = distillation_loss(
+        with_garbage(student), with_garbage(teacher), garbage_labels, MASK, alpha=alpha, temperature=temperature
+    )
     assert result.kd.item() == pytest.approx(kl_by_hand(student, teacher, temperature), rel=1e-5)
     assert result.ce.item() == pytest.approx(ce_by_hand, rel=1e-5)
     assert result.total.item() == pytest.approx(alpha * result.kd.item() + (1 - alpha) * ce_by_hand, rel=1e-5)
@@ -119,8 +125,11 @@ def test_distillation_loss_mixes_kd_and_cross_entropy_over_real_positions():
     same = distillation_loss(student, teacher, labels.masked_fill(~MASK, -100), alpha=alpha, temperature=temperature)
     torch.testing.assert_close(same.total, result.total)
     assert distillation_loss(student, teacher, labels, MASK, alpha=1.0, temperature=2.0).total.item() == pytest.approx(
-        kd_loss(student, teacher, MASK, 2.0).item())
-    assert distillation_loss(student, teacher, labels, MASK, alpha=0.0, temperature=2.0).total.item() == pytest.approx(ce_by_hand, rel=1e-5)
+        kd_loss(student, teacher, MASK, 2.0).item()
+    )
+    assert distillation_loss(student, teacher, labels, MASK, alpha=0.0, temperature=2.0).total.item() == pytest.approx(
+        ce_by_hand, rel=1e-5
+    )
     with pytest.raises(ValueError, match="alpha=1.5"):
         distillation_loss(student, teacher, labels, MASK, alpha=1.5, temperature=1.0)
     with pytest.raises(ValueError, match="no target positions"):
@@ -133,12 +142,17 @@ def test_alignment_losses_over_real_positions():
     generator = torch.Generator().manual_seed(3)
     student_hidden = [torch.randn(2, 5, 6, generator=generator) for _ in range(2)]
     teacher_hidden = [torch.randn(2, 5, 6, generator=generator) for _ in range(2)]
-    by_hand = sum(
-        sum(1 - F.cosine_similarity(s[b, t], q[b, t], dim=0).item() for b, t in REAL) / len(REAL)
-        for s, q in zip(student_hidden, teacher_hidden)
-    ) / 2
+    by_hand = (
+        sum(
+            sum(1 - F.cosine_similarity(s[b, t], q[b, t], dim=0).item() for b, t in REAL) / len(REAL)
+            for s, q in zip(student_hidden, teacher_hidden)
+        )
+        / 2
+    )
     garbage = [with_garbage(h) for h in student_hidden]
-    assert hidden_cosine_loss(garbage, [with_garbage(h) for h in teacher_hidden], MASK).item() == pytest.approx(by_hand, rel=1e-5)
+    assert hidden_cosine_loss(garbage, [with_garbage(h) for h in teacher_hidden], MASK).item() == pytest.approx(
+        by_hand, rel=1e-5
+    )
     assert hidden_cosine_loss(student_hidden[0], student_hidden[0], MASK).abs().item() < 1e-6
 
     student_attention = torch.softmax(torch.randn(2, 3, 5, 5, generator=generator), -1)
@@ -158,7 +172,9 @@ def test_alignment_losses_over_real_positions():
     full = distillation_loss(student, teacher, labels, MASK, alpha=0.5, temperature=1.0,
                              hidden=(student_hidden, teacher_hidden), hidden_weight=0.2,
                              attention=(student_attention, teacher_attention), attention_weight=3.0)  # fmt: skip
-    assert full.hidden.item() == pytest.approx(by_hand, rel=1e-5) and full.attention.item() == pytest.approx(mse.item(), rel=1e-5)
+    assert full.hidden.item() == pytest.approx(by_hand, rel=1e-5) and full.attention.item() == pytest.approx(
+        mse.item(), rel=1e-5
+    )
     assert full.total.item() == pytest.approx(base.total.item() + 0.2 * by_hand + 3.0 * mse.item(), rel=1e-5)
 
 
@@ -179,18 +195,24 @@ def test_distilling_a_fid_teacher_with_passages_into_a_hyperlora_student_closed_
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
     targets = [e.answers[0] for e in examples]
     with torch.no_grad():
-        teacher_logits, mask = teacher.answer_logits(examples, [Context(passages[:2]), Context(passages), Context(passages[2:])], targets)
+        teacher_logits, mask = teacher.answer_logits(
+            examples, [Context(passages[:2]), Context(passages), Context(passages[2:])], targets
+        )
     labels, _ = student.target_ids(targets)
     network.train()
     kds = []
     for step in range(8):
         student_logits, student_mask = student.answer_logits(examples, imaginer.imagine(examples), targets)
         assert torch.equal(student_mask, mask)
-        loss = distillation_loss(student_logits, teacher_logits, labels, mask, alpha=0.9, temperature=temperature_at(step, 2.0))
+        loss = distillation_loss(
+            student_logits, teacher_logits, labels, mask, alpha=0.9, temperature=temperature_at(step, 2.0)
+        )
         optimizer.zero_grad()
         loss.total.backward()
         optimizer.step()
         kds.append(loss.kd.item())
     network.eval()
     assert_falls(kds, by=0.05)
-    assert all(p.grad is None for p in student.model.parameters()) and all(p.grad is None for p in teacher.model.parameters())
+    assert all(p.grad is None for p in student.model.parameters()) and all(
+        p.grad is None for p in teacher.model.parameters()
+    )

@@ -33,14 +33,23 @@ IAGBENCH = Path(sys.executable).parent / "iagbench"
 CORPUS = [
     {"id": "toy-iron", "title": "Iron", "text": "Iron is the element with the chemical symbol Fe."},
     {"id": "toy-au", "title": "Au", "text": "Gold is the element whose symbol on the periodic table is Au."},
-    {"id": "toy-virgil", "title": "Virgil", "text": "In the Divine Comedy the Roman poet Virgil guides Dante through Hell."},
-    {"id": "toy-opera", "title": "Sydney Opera House", "text": "A performing arts centre on Sydney Harbour, opened in 1973."},
+    {
+        "id": "toy-virgil",
+        "title": "Virgil",
+        "text": "In the Divine Comedy the Roman poet Virgil guides Dante through Hell.",
+    },
+    {
+        "id": "toy-opera",
+        "title": "Sydney Opera House",
+        "text": "A performing arts centre on Sydney Harbour, opened in 1973.",
+    },
 ]
-HOOKS = ["register_imaginers", "register_metrics", "register_readers"]
+HOOKS = ["register_commands", "register_imaginers", "register_metrics", "register_readers"]
 COMPONENTS = {
     "imaginers": ["keyword-passages", "seeded-lora"],
     "readers": ["first-passage-title", "lora-lm"],
     "metrics": ["exact_title"],
+    "commands": ["keyword-search"],
 }
 LLAMA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 QUESTIONS = [
@@ -55,7 +64,7 @@ QUESTIONS = [
 PUBLIC_PREFIXES = ("iagbench.lm.", "iagbench.text.", "iagbench.files.")
 PUBLIC_MODULES = {"iagbench", "iagbench.lm", "iagbench.text", "iagbench.files", "iagbench.contract.components"}
 
-MISMATCHED_READER = '''
+MISMATCHED_READER = """
 from iagbench import Reader, hookimpl
 
 
@@ -72,7 +81,7 @@ class ClosedBookOnly(Reader):
 @hookimpl
 def register_readers(register):
     register("closed-book-only", ClosedBookOnly, description="reads no context; must never be built here")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +104,9 @@ def iagbench(*args: str, cwd: Path, site: Path | None, plugin_file: Path | None 
         env["PYTHONPATH"] = str(site)
     if plugin_file is not None:
         env["IAGBENCH_PLUGINS"] = str(plugin_file)
-    return subprocess.run([str(IAGBENCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(IAGBENCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def described(result: subprocess.CompletedProcess) -> dict[str, dict]:
@@ -175,6 +186,22 @@ def test_run_with_the_example_components(site: Path, tmp_path: Path) -> None:
     assert records["sample-009"]["context"]["passages"] == [] and records["sample-009"]["prediction"] == ""
 
 
+def test_the_plugins_command_runs_with_its_options_and_the_plugins_components(site: Path, tmp_path: Path) -> None:
+    """register_commands: `iagbench keyword-search` comes from the installed package, in help and in use."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(passage) + "\n" for passage in CORPUS), encoding="utf-8")
+    result = iagbench("--help", cwd=tmp_path, site=site)
+    assert result.returncode == 0 and "keyword-search" in result.stdout
+    result = iagbench(
+        "keyword-search", "which metal is Fe", "--corpus", str(corpus), "--k", "1", cwd=tmp_path, site=site
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 1 and lines[0]["title"] == "Iron"
+    result = iagbench("keyword-search", "which metal", cwd=tmp_path, site=site)
+    assert result.returncode == 2 and "the option --corpus is required" in result.stderr
+
+
 def test_mismatched_reader_is_rejected_before_anything_loads(site: Path, tmp_path: Path) -> None:
     plugin_file = tmp_path / "closed_book_only.py"
     plugin_file.write_text(MISMATCHED_READER, encoding="utf-8")
@@ -198,7 +225,9 @@ def test_mismatched_reader_is_rejected_before_anything_loads(site: Path, tmp_pat
 
 def test_in_process_with_builtins_only(tmp_path: Path) -> None:
     """The testing tip of docs/plugins.md: the plugin module passed as ``extra``, nothing installed."""
-    spec = importlib.util.spec_from_file_location("example_plugin_under_test", EXAMPLE / "iagbench_example_plugin" / "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "example_plugin_under_test", EXAMPLE / "iagbench_example_plugin" / "__init__.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     plugins = load_plugins(builtins_only=True, extra=(module,), plugin_files=())
@@ -303,7 +332,11 @@ def imports_of(path: Path) -> tuple[list[str], list[str]]:
             modules += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             modules.append(node.module if node.level == 0 else f"{'.' * node.level}{node.module or ''}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[A-Za-z_][\w.]*(:\w+)?", node.value):
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.fullmatch(r"[A-Za-z_][\w.]*(:\w+)?", node.value)
+        ):
             strings.append(node.value.split(":")[0])
     return modules, strings
 
@@ -316,8 +349,14 @@ def test_the_example_uses_only_the_public_api() -> None:
     imports = {name: imports_of(file) for name, file in files.items()}
     for name, (modules, strings) in imports.items():
         assert not [m for m in modules + strings if m.split(".")[0] == "iagbench_plugins"], name
-        private = [m for m in modules if m.split(".")[0] == "iagbench" and m not in PUBLIC_MODULES and not m.startswith(PUBLIC_PREFIXES)]
+        private = [
+            m
+            for m in modules
+            if m.split(".")[0] == "iagbench" and m not in PUBLIC_MODULES and not m.startswith(PUBLIC_PREFIXES)
+        ]
         assert not private, f"{name} imports private iagbench modules: {private}"
-    assert {"iagbench.lm.adapter_host", "iagbench.lm.lora", "iagbench.lm.decoding", "iagbench.lm.models"} <= set(imports["lora.py"][0])
+    assert {"iagbench.lm.adapter_host", "iagbench.lm.skeletons", "iagbench.lm.decoding", "iagbench.lm.models"} <= set(
+        imports["lora.py"][0]
+    )
     assert "torch" in imports["lora.py"][0] and "torch" not in imports["__init__.py"][0]  # the hook module stays light
     assert "iagbench_example_plugin.lora" in imports["__init__.py"][1]  # ...and names lora.py lazily

@@ -7,15 +7,15 @@ import json
 
 import pytest
 import torch
+from trends import assert_falls
 
 from iagbench import ConfigurationError, Context, Example, Passage
+from iagbench.lm.t5_models import fid_to_t5_key
 from iagbench.training.folder import read_log
 from iagbench.training.spec import TrainSpec
 from iagbench.training.train import train
 from iagbench_plugins.datasets.sample import Sample
 from iagbench_plugins.readers.fid import FID_FORMAT, FiDReader, greedy_decode_seq2seq
-from iagbench.lm.t5_models import fid_to_t5_key
-from trends import assert_falls
 
 MAX_NEW = 6
 MAXLEN = 128  # text_maxlength (byte tokens): the long passage below is cut, the others are not
@@ -40,7 +40,9 @@ def reader() -> FiDReader:
     return FiDReader(model="fid-tiny", text_maxlength=MAXLEN, max_new_tokens=MAX_NEW)
 
 
-def fid_reference(reader: FiDReader, example: Example, context: Context) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def fid_reference(
+    reader: FiDReader, example: Example, context: Context
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """FiD's own layout, one example: every passage padded to text_maxlength, the encoder states of the
     (passages x text_maxlength) batch reshaped to one row with the padding kept (masked), decoded by
     transformers' generate. Returns (states of the real tokens, each passage encoded alone and
@@ -71,7 +73,9 @@ def test_encoder_inputs_are_fids_format_cut_to_text_maxlength(reader):
     assert texts[1] == "question: who wrote the iliad title: Lake Titicaca context: " + PASSAGES[1].text
     assert texts[3] == "question: where is lake titicaca"
     assert all(row[-1] == reader.eos_id and len(row) <= MAXLEN for row in ids)
-    assert len(ids[0]) == MAXLEN and texts[0].startswith("question: who wrote the iliad title: Iliad context: The Iliad")
+    assert len(ids[0]) == MAXLEN and texts[0].startswith(
+        "question: who wrote the iliad title: Iliad context: The Iliad"
+    )
     assert info[0] == {"passages": 3, "passages_cut": 1, "input_tokens": sum(len(r) for r in ids[:3])}
     assert info[1]["passages"] == 0 and info[1]["passages_cut"] == 0
     assert reader.describe()["input_format"]["name"] == "fid" and reader.describe()["input_format"]["version"] == 1
@@ -84,7 +88,9 @@ def test_encoder_states_equal_each_passage_encoded_alone_and_concatenated(reader
         alone, _, _ = fid_reference(reader, example, context)
         length = alone.shape[0]
         assert encoded.mask[index].tolist() == [1] * length + [0] * (encoded.mask.shape[1] - length)
-        torch.testing.assert_close(encoded.hidden[index, :length], alone, atol=2e-4, rtol=1e-4)  # float noise of batched matmuls
+        torch.testing.assert_close(
+            encoded.hidden[index, :length], alone, atol=2e-4, rtol=1e-4
+        )  # float noise of batched matmuls
 
 
 def test_greedy_answers_equal_fids_padded_layout_decoded_by_generate(reader):
@@ -154,12 +160,16 @@ def test_static_cache_decoding_equals_the_default(reader):
                                              max_new_tokens=MAX_NEW) == stopped  # fmt: skip
     assert len({len(row) for row in stopped}) > 1
     # Another batch size (new caches), then closed book (narrower encoder states: the kept caches are reused).
-    assert [a.raw for a in static.answer(EXAMPLES[:2], CONTEXTS[:2])] == [a.raw for a in reader.answer(EXAMPLES[:2], CONTEXTS[:2])]
+    assert [a.raw for a in static.answer(EXAMPLES[:2], CONTEXTS[:2])] == [
+        a.raw for a in reader.answer(EXAMPLES[:2], CONTEXTS[:2])
+    ]
     closed = [Context()] * len(EXAMPLES)
     assert [a.raw for a in static.answer(EXAMPLES, closed)] == [a.raw for a in reader.answer(EXAMPLES, closed)]
     record = static.describe()
     assert record["decoding"] == "greedy (static cache)" and record["cache"] == "static" and record["compile"] is False
-    assert "cache" not in reader.describe() and reader.describe()["decoding"] == "greedy"  # the default's record is unchanged
+    assert (
+        "cache" not in reader.describe() and reader.describe()["decoding"] == "greedy"
+    )  # the default's record is unchanged
 
 
 def test_static_cache_with_adapters_equals_the_default(reader):
@@ -251,7 +261,10 @@ def test_model_folders_plain_and_fid_checkpoint_load_the_same_model(reader, tmp_
             parts.insert(4, "module")
         state[".".join(parts)] = value.clone()
     assert "encoder.encoder.block.0.module.layer.0.SelfAttention.q.weight" in state
-    assert fid_to_t5_key("encoder.encoder.block.0.module.layer.0.SelfAttention.q.weight") == "encoder.block.0.layer.0.SelfAttention.q.weight"
+    assert (
+        fid_to_t5_key("encoder.encoder.block.0.module.layer.0.SelfAttention.q.weight")
+        == "encoder.block.0.layer.0.SelfAttention.q.weight"
+    )
     torch.save(state, fid / "pytorch_model.bin")
     config = reader.model.config.to_dict()
     config["architectures"] = ["FiDT5"]
@@ -266,7 +279,9 @@ def test_model_folders_plain_and_fid_checkpoint_load_the_same_model(reader, tmp_
 
     del state["encoder.encoder.block.1.module.layer.1.DenseReluDense.wo.weight"]
     torch.save(state, fid / "pytorch_model.bin")
-    with pytest.raises(ConfigurationError, match=r"missing 1 \(first: encoder.block.1.layer.1.DenseReluDense.wo.weight\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"missing 1 \(first: encoder.block.1.layer.1.DenseReluDense.wo.weight\)"
+    ):
         FiDReader(model=str(fid))
 
 
@@ -293,7 +308,9 @@ def test_hub_model_missing_offline_is_one_clear_error(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ConfigurationError, match="cannot load model from Hugging Face hub id .*'iagbench-test/no-such-t5'"):
+    with pytest.raises(
+        ConfigurationError, match="cannot load model from Hugging Face hub id .*'iagbench-test/no-such-t5'"
+    ):
         FiDReader(model="iagbench-test/no-such-t5")
 
 
@@ -353,7 +370,10 @@ def test_training_lowers_the_loss_and_checkpoint_loads_for_runs(tmp_path, plugin
         "--reader-args", f"checkpoint={final},train_answer=first,max_new_tokens=4", "--output", str(run_dir), "--no-progress",
     )  # fmt: skip
     assert code == 0, err
-    by_id = {json.loads(line)["id"]: json.loads(line)["raw"] for line in (run_dir / "predictions.jsonl").read_text().splitlines()}
+    by_id = {
+        json.loads(line)["id"]: json.loads(line)["raw"]
+        for line in (run_dir / "predictions.jsonl").read_text().splitlines()
+    }
     assert [by_id[e.id] for e in examples] == predictions
 
 
@@ -363,7 +383,9 @@ def test_peft_lora_trains_only_q_v_lora_weights_and_its_checkpoint_reloads(tmp_p
     reader = FiDReader(model="fid-tiny", **reader_args)
     weights = reader.trainable_module()
     names = list(weights.keys())
-    layers = reader.model.config.num_layers + 2 * reader.model.config.num_decoder_layers  # enc self, dec self, dec cross
+    layers = (
+        reader.model.config.num_layers + 2 * reader.model.config.num_decoder_layers
+    )  # enc self, dec self, dec cross
     assert len(names) == 2 * layers and all(name.endswith(("__q", "__v")) for name in names), names
     assert any("EncDecAttention" in name for name in names) and reader.describe()["train"] == "lora"
     assert not any(p.requires_grad for name, p in reader.model.named_parameters() if "lora_" not in name)

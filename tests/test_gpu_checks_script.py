@@ -18,7 +18,11 @@ DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 def test_gpu_checks_script_runs_every_check_at_tiny_shapes(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_checks.sh"), "--tiny"], env=env, capture_output=True, text=True, timeout=900
+        ["bash", str(REPO / "scripts" / "gpu_checks.sh"), "--tiny"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()
@@ -31,5 +35,7 @@ def test_gpu_checks_script_runs_every_check_at_tiny_shapes(tmp_path):
     train = (tmp_path / "train.txt").read_text()
     assert all(f"| {setup} " in train for setup in ("plain", "zero2", "zero2-checkpointing")) and "failed" not in train
     assert "torch" in (tmp_path / "env.txt").read_text()
-    bad = subprocess.run(["bash", str(REPO / "scripts" / "gpu_checks.sh"), "readers"], env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_checks.sh"), "readers"], env=env, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "unknown argument 'readers'" in bad.stderr

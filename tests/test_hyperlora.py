@@ -6,14 +6,14 @@ import copy
 
 import pytest
 import torch
+from lora_adapters import random_lora_adapter
+from trends import assert_falls
 
 from iagbench import ConfigurationError, Context, Example
 from iagbench.lm.lora import LoRAAdapter, target_modules
 from iagbench_plugins.hyperlora.hypernetwork import Whitening
 from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
 from iagbench_plugins.readers.causal_lm import CausalLMReader
-from lora_adapters import random_lora_adapter
-from trends import assert_falls
 
 QUESTIONS = ["who wrote the iliad", "where is lake titicaca", "how many legs does a spider have"]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -40,7 +40,7 @@ def merged_logits(reader: CausalLMReader, adapter: LoRAAdapter, text: str) -> to
 
 def test_batched_lora_equals_each_lora_merged_into_the_weights(reader: CausalLMReader) -> None:
     adapters = [random_adapter(reader, seed) for seed in range(len(QUESTIONS))]
-    reader._adapters([Context(adapter=a) for a in adapters])  # builds the hooks
+    reader.adapters_of([Context(adapter=a) for a in adapters])  # builds the hooks
     encoded = reader.tokenizer(QUESTIONS, return_tensors="pt", padding=True)
     with torch.no_grad(), reader._lora.active(adapters, dtype=torch.float32, device="cpu"):
         batched = reader.model(**encoded).logits
@@ -89,7 +89,9 @@ def imaginer() -> HyperLoRAImaginer:
     return imaginer
 
 
-def test_untrained_hypernetwork_leaves_the_reader_unchanged(reader: CausalLMReader, imaginer: HyperLoRAImaginer) -> None:
+def test_untrained_hypernetwork_leaves_the_reader_unchanged(
+    reader: CausalLMReader, imaginer: HyperLoRAImaginer
+) -> None:
     examples = [Example(str(i), q, ("x",)) for i, q in enumerate(QUESTIONS)]
     with_adapters = reader.answer(examples, imaginer.imagine(examples))
     without = reader.answer(examples, [Context()] * len(examples))

@@ -7,15 +7,15 @@ import json
 
 import pytest
 import torch
-
-from iagbench import ConfigurationError, Context, Example, Passage
-from iagbench.training.folder import read_log
-from iagbench.lm.lora import T5_DEFAULT_TARGETS, T5_TARGETS, LoRAAdapter, target_modules
-from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer, model_shapes
-from iagbench_plugins.readers.fid import FiDReader
 from lora_adapters import random_lora_adapter
 from trends import assert_falls
 
+from iagbench import ConfigurationError, Context, Example, Passage
+from iagbench.lm.lora import T5_DEFAULT_TARGETS, T5_TARGETS, LoRAAdapter, target_modules
+from iagbench.lm.skeletons import model_shapes
+from iagbench.training.folder import read_log
+from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
+from iagbench_plugins.readers.fid import FiDReader
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -102,7 +102,7 @@ def test_batched_lora_equals_each_example_merged_with_mixed_passage_counts(targe
 def test_adapters_follow_rows_through_encoder_chunks_greedy_stops_and_beams(reader, monkeypatch):
     adapters = [random_adapter(reader.model, T5_DEFAULT_TARGETS, seed) for seed in range(len(EXAMPLES))]
     contexts = contexts_with(adapters)
-    reader._adapters(contexts)  # builds the hooks
+    reader.adapters_of(contexts)  # builds the hooks
     kept: list[list[int]] = []
     select = reader._lora.select
     monkeypatch.setattr(reader._lora, "select", lambda rows, **kw: (kept.append(rows.tolist()), select(rows, **kw)))
@@ -138,7 +138,15 @@ def test_the_imaginer_reads_t5_shapes_from_the_reader_model_name():
     assert list(shapes) == list(T5_DEFAULT_TARGETS)
     assert shapes["enc_q"] == (2, 32, 32) and shapes["cross_v"] == (2, 32, 32)
     assert model_shapes("fid-tiny", ["enc_wi", "dec_wo"]) == {"enc_wi": (2, 32, 64), "dec_wo": (2, 64, 32)}
-    assert list(model_shapes("tiny-llama")) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert list(model_shapes("tiny-llama")) == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     with pytest.raises(ConfigurationError, match="target 'gate_proj'"):
         HyperLoRAImaginer(model="fid-tiny", targets="gate_proj", encoder="hashing", device="cpu")
 
@@ -153,7 +161,9 @@ def imaginer() -> HyperLoRAImaginer:
 def test_untrained_hypernetwork_leaves_fid_unchanged_and_gradients_reach_it(reader, imaginer):
     assert imaginer.describe()["architecture"] == "t5" and imaginer.describe()["targets"] == list(T5_DEFAULT_TARGETS)
     contexts = [Context(p, adapter=c.adapter) for p, c in zip(PASSAGE_SETS, imaginer.imagine(EXAMPLES))]
-    assert [a.raw for a in reader.answer(EXAMPLES, contexts)] == [a.raw for a in reader.answer(EXAMPLES, [Context(p) for p in PASSAGE_SETS])]
+    assert [a.raw for a in reader.answer(EXAMPLES, contexts)] == [
+        a.raw for a in reader.answer(EXAMPLES, [Context(p) for p in PASSAGE_SETS])
+    ]
     network = imaginer.trainable_module()
     network.train()
     try:

@@ -25,8 +25,11 @@ from iagbench_plugins.imagination.imagine import ImagineImaginer
 
 REPO = Path(__file__).resolve().parents[1]
 PASSAGES = REPO / "plugins" / "sample_data" / "passages.jsonl"
-QUESTIONS = [Example("a", "who wrote the iliad", ("Homer",)), Example("b", "what is the capital city of peru", ("Lima",)),
-             Example("c", "how many legs does a spider have", ("8",))]
+QUESTIONS = [
+    Example("a", "who wrote the iliad", ("Homer",)),
+    Example("b", "what is the capital city of peru", ("Lima",)),
+    Example("c", "how many legs does a spider have", ("8",)),
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,6 +42,7 @@ def plugins():
 
 # generate
 
+
 def test_generate_is_greedy_batch_independent_and_records_its_prompt():
     imaginer = GenerateImaginer("tiny-llama", max_new_tokens=6)
     together = imaginer.imagine(QUESTIONS)
@@ -46,8 +50,11 @@ def test_generate_is_greedy_batch_independent_and_records_its_prompt():
     assert together == alone
     assert all(len(c.passages) == 1 and c.passages[0].title == "generated" and c.passages[0].text for c in together)
     described = imaginer.describe()
-    assert described["prompt"] == {"name": "genread", "version": "1",
-                                   "instruction": "Generate a background document from Wikipedia to answer the given question."}
+    assert described["prompt"] == {
+        "name": "genread",
+        "version": "1",
+        "instruction": "Generate a background document from Wikipedia to answer the given question.",
+    }
     assert described["chat_template"] is False and described["max_new_tokens"] == 6  # tiny-llama has no chat template
     with pytest.raises(ConfigurationError, match="generate option max_new_tokens=0"):
         GenerateImaginer("tiny-llama", max_new_tokens=0)
@@ -55,8 +62,22 @@ def test_generate_is_greedy_batch_independent_and_records_its_prompt():
 
 def test_run_with_generate_gives_the_reader_the_generated_document(invoke_cli, tmp_path):
     code, _, err = invoke_cli(
-        "run", "--imaginer", "generate", "--imaginer-args", "model=tiny-llama,max_new_tokens=8", "--reader", "tiny-llama",
-        "--reader-args", "max_new_tokens=2", "--limit", "3", "--metrics", "em", "--no-progress", "--output", str(tmp_path),
+        "run",
+        "--imaginer",
+        "generate",
+        "--imaginer-args",
+        "model=tiny-llama,max_new_tokens=8",
+        "--reader",
+        "tiny-llama",
+        "--reader-args",
+        "max_new_tokens=2",
+        "--limit",
+        "3",
+        "--metrics",
+        "em",
+        "--no-progress",
+        "--output",
+        str(tmp_path),
     )
     assert code == 0, err
     records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
@@ -70,6 +91,7 @@ def test_run_with_generate_gives_the_reader_the_generated_document(invoke_cli, t
 
 # compression
 
+
 def test_select_takes_the_best_units_that_fit_in_their_original_order():
     assert select([-3.0, -1.0, -2.0], [10, 10, 10], budget=20) == [1, 2]
     assert select([-1.0, -2.0, -3.0], [30, 10, 10], budget=25) == [1, 2]  # the best does not fit: skipped
@@ -79,8 +101,13 @@ def test_select_takes_the_best_units_that_fit_in_their_original_order():
 
 def test_sentences_and_units():
     text = 'J. R. R. Tolkien wrote "The Hobbit." It was published in 1937! Dr. Watson met Mr. Holmes. Is it 5 ft. tall? Yes.'
-    assert split_sentences(text) == ['J. R. R. Tolkien wrote "The Hobbit."', "It was published in 1937!",
-                                     "Dr. Watson met Mr. Holmes.", "Is it 5 ft. tall?", "Yes."]
+    assert split_sentences(text) == [
+        'J. R. R. Tolkien wrote "The Hobbit."',
+        "It was published in 1937!",
+        "Dr. Watson met Mr. Holmes.",
+        "Is it 5 ft. tall?",
+        "Yes.",
+    ]
     passages = [Passage("One. Two.", "A", "p1"), Passage("Three.", "B", "p2")]
     assert [(u.passage, u.text) for u in units_of(passages, "sentence")] == [(0, "One."), (0, "Two."), (1, "Three.")]
     assert [(u.passage, u.text) for u in units_of(passages, "passage")] == [(0, "One. Two."), (1, "Three.")]
@@ -106,7 +133,9 @@ def test_compression_keeps_what_makes_the_question_likelier_within_the_budget():
     assert pair["compressed"] == "Lima is the capital city of Peru.\nPeru has many mountains."
     assert pair["source_ids"] == ["p1", "p2"] and pair["tokens"] <= 60 and not pair["cut"]
     assert pair["kept"] == [0, 3]
-    cut = Compressor("tiny-llama", target_tokens=10, scorer=overlap_scorer).compress("capital city of peru", passages[:1])
+    cut = Compressor("tiny-llama", target_tokens=10, scorer=overlap_scorer).compress(
+        "capital city of peru", passages[:1]
+    )
     assert cut["cut"] and cut["compressed"] == "Lima is th" and cut["source_ids"] == ["p1"]
     assert Compressor("tiny-llama", scorer=overlap_scorer).compress("q", [])["compressed"] == ""
 
@@ -122,7 +151,7 @@ def test_question_logprob_is_the_mean_log_probability_of_the_question_after_each
         ids = torch.tensor([lm.encode(condition) + target])
         with torch.no_grad():
             logprobs = torch.log_softmax(lm.model(ids).logits[0, :-1].float(), -1)
-        expected = logprobs[-len(target):].gather(-1, ids[0, -len(target):, None]).mean().item()
+        expected = logprobs[-len(target) :].gather(-1, ids[0, -len(target) :, None]).mean().item()
         assert score == pytest.approx(expected, abs=1e-4)
 
 
@@ -132,8 +161,22 @@ def read_lines(path: Path) -> list[dict]:
 
 def test_compress_command_writes_pairs_and_resumes_after_a_crash(invoke_cli, tmp_path):
     output = tmp_path / "pairs.jsonl"
-    args = ["compress", "--split", "train", "--imaginer", "bm25", "--imaginer-args", f"corpus={PASSAGES},k=3",
-            "--output", str(output), "--model", "tiny-llama", "--target-tokens", "80", "--no-progress"]
+    args = [
+        "compress",
+        "--split",
+        "train",
+        "--imaginer",
+        "bm25",
+        "--imaginer-args",
+        f"corpus={PASSAGES},k=3",
+        "--output",
+        str(output),
+        "--model",
+        "tiny-llama",
+        "--target-tokens",
+        "80",
+        "--no-progress",
+    ]
     code, out, err = invoke_cli(*args, "--limit", "3")
     assert code == 0, err
     assert json.loads(out)["written"] == 3
@@ -154,16 +197,21 @@ def test_compress_command_writes_pairs_and_resumes_after_a_crash(invoke_cli, tmp
     assert code == 0 and json.loads(out)["written"] == 0
     code, _, err = invoke_cli(*args[:-3], "--target-tokens", "50", "--no-progress")
     assert code == 2 and "holds another compression configuration (differs in: compressor.target_tokens)" in err
-    code, _, err = invoke_cli("compress", "--imaginer", "none", "--output", str(tmp_path / "x.jsonl"), "--model", "tiny-llama")
+    code, _, err = invoke_cli(
+        "compress", "--imaginer", "none", "--output", str(tmp_path / "x.jsonl"), "--model", "tiny-llama"
+    )
     assert code == 2 and "imaginer 'none' provides no passages: nothing to compress" in err
 
 
 # imagine
 
+
 def write_pairs(path: Path, examples, target=lambda example: "Paris is big.") -> Path:
     with open(path, "w", encoding="utf-8") as handle:
         for example in examples:
-            handle.write(json.dumps({"id": example.id, "question": example.question, "compressed": target(example)}) + "\n")
+            handle.write(
+                json.dumps({"id": example.id, "question": example.question, "compressed": target(example)}) + "\n"
+            )
     return path
 
 
@@ -175,10 +223,26 @@ def test_imagine_trains_on_pairs_and_its_checkpoint_generates_what_it_learned(pl
     before = [c.passages[0].text for c in untrained.imagine(QUESTIONS)]
     output = tmp_path / "trained"
     _, summary = train(
-        TrainSpec(dataset="sample", imaginer="imagine", reader="tiny-llama", imaginer_args=options, limit=16, steps=80,
-                  batch_size=8, lr=1e-2, warmup_steps=5, log_every=1, save_every=80, eval_every=80, eval_limit=2,
-                  eval_split="test", output=output),
-        plugins, progress=False, log=lambda message: None,
+        TrainSpec(
+            dataset="sample",
+            imaginer="imagine",
+            reader="tiny-llama",
+            imaginer_args=options,
+            limit=16,
+            steps=80,
+            batch_size=8,
+            lr=1e-2,
+            warmup_steps=5,
+            log_every=1,
+            save_every=80,
+            eval_every=80,
+            eval_limit=2,
+            eval_split="test",
+            output=output,
+        ),
+        plugins,
+        progress=False,
+        log=lambda message: None,
     )
     log = read_log(output)
     losses = [r["loss"] for r in log if "loss" in r]
@@ -198,7 +262,10 @@ def test_imagine_training_errors_name_the_pairs_file(plugins, tmp_path):
     examples = plugins["datasets"].get("sample").build().load("train")[:4]
     pairs = write_pairs(tmp_path / "pairs.jsonl", examples[:3])
     imaginer = ImagineImaginer("tiny-llama", pairs=str(pairs))
-    with pytest.raises(ConfigurationError, match=rf"{re.escape(str(pairs))}: no pair for 1 training example\(s\) \(first: id '{examples[3].id}'\)"):
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"{re.escape(str(pairs))}: no pair for 1 training example\(s\) \(first: id '{examples[3].id}'\)",
+    ):
         imaginer.prepare(examples)
     other = Example(examples[0].id, "a different question", ("x",))
     with pytest.raises(ConfigurationError, match="the pairs come from another dataset"):
@@ -214,22 +281,48 @@ def test_imagine_with_a_lora_trains_only_the_lora_and_a_trainable_reader_is_refu
     trainable = {name for name, p in imaginer.lm.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
     assert {id(p) for p in imaginer.trainable_module().parameters()} == {
-        id(p) for p in imaginer.lm.model.parameters() if p.requires_grad}
+        id(p) for p in imaginer.lm.model.parameters() if p.requires_grad
+    }
     examples = plugins["datasets"].get("sample").build().load("train")[:4]
     pairs = write_pairs(tmp_path / "pairs.jsonl", examples)
     with pytest.raises(ConfigurationError, match="trains on its own loss, which gives reader 'tiny-llama' no gradient"):
-        train(TrainSpec(dataset="sample", imaginer="imagine", reader="tiny-llama", limit=4, steps=1, batch_size=2,
-                        imaginer_args={"model": "tiny-llama", "pairs": str(pairs)}, reader_args={"lora_rank": 2},
-                        output=tmp_path / "out"), plugins, progress=False, log=lambda message: None)
+        train(
+            TrainSpec(
+                dataset="sample",
+                imaginer="imagine",
+                reader="tiny-llama",
+                limit=4,
+                steps=1,
+                batch_size=2,
+                imaginer_args={"model": "tiny-llama", "pairs": str(pairs)},
+                reader_args={"lora_rank": 2},
+                output=tmp_path / "out",
+            ),
+            plugins,
+            progress=False,
+            log=lambda message: None,
+        )
 
 
 def test_imagine_trains_with_a_reader_that_has_no_loss(echo_plugins, tmp_path):
     """The imaginer's own loss is the objective: a model-free reader (no Trainable.loss) only evaluates."""
     examples = echo_plugins["datasets"].get("sample").build().load("train")[:4]
     pairs = write_pairs(tmp_path / "pairs.jsonl", examples)
-    _, summary = train(TrainSpec(dataset="sample", imaginer="imagine", reader="echo", limit=4, steps=1, batch_size=2,
-                                 imaginer_args={"model": "tiny-llama", "pairs": str(pairs)}, output=tmp_path / "out"),
-                       echo_plugins, progress=False, log=lambda message: None)
+    _, summary = train(
+        TrainSpec(
+            dataset="sample",
+            imaginer="imagine",
+            reader="echo",
+            limit=4,
+            steps=1,
+            batch_size=2,
+            imaginer_args={"model": "tiny-llama", "pairs": str(pairs)},
+            output=tmp_path / "out",
+        ),
+        echo_plugins,
+        progress=False,
+        log=lambda message: None,
+    )
     assert summary["step"] == 1 and summary["loss"] > 0
 
 
@@ -277,8 +370,10 @@ def test_a_frozen_imagine_writes_each_question_once_and_the_same_documents():
         ('{"id": "a", "question": "q", "compressed": "c"}\n{"id": "b", "question": "q"\n', ":2: not valid JSON"),
         ('["a"]\n', ":1: expected a JSON object"),
         ('{"id": "a", "question": "q"}\n', ":1: field 'compressed': expected a string"),
-        ('{"id": "a", "question": "q", "compressed": "c"}\n\n{"id": "a", "question": "q", "compressed": "d"}\n',
-         ":3: field 'id': 'a' appears twice"),
+        (
+            '{"id": "a", "question": "q", "compressed": "c"}\n\n{"id": "a", "question": "q", "compressed": "d"}\n',
+            ":3: field 'id': 'a' appears twice",
+        ),
     ],
 )
 def test_a_bad_pairs_line_is_one_error_naming_file_line_and_field(tmp_path, content, message):

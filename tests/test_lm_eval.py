@@ -91,15 +91,27 @@ def evaluate(tasks: Path, model_args: str, *, batch_size: int = 4) -> dict:
 
     manager = TaskManager(include_path=str(tasks), include_defaults=False)
     return lm_eval.simple_evaluate(
-        model="iagbench", model_args=model_args, tasks=["iagbench_local_qa"], task_manager=manager,
-        batch_size=batch_size, log_samples=True,
+        model="iagbench",
+        model_args=model_args,
+        tasks=["iagbench_local_qa"],
+        task_manager=manager,
+        batch_size=batch_size,
+        log_samples=True,
     )
 
 
-def harness_run(tmp_path: Path, data: Path, reader: str, reader_args: dict, limit: int | None = None) -> tuple[dict, list]:
+def harness_run(
+    tmp_path: Path, data: Path, reader: str, reader_args: dict, limit: int | None = None
+) -> tuple[dict, list]:
     spec = RunSpec(
-        dataset="fid-json", split="test", imaginer="none", reader=reader, dataset_args={"path": str(data)},
-        reader_args=reader_args, limit=limit, runs_dir=tmp_path / "runs",
+        dataset="fid-json",
+        split="test",
+        imaginer="none",
+        reader=reader,
+        dataset_args={"path": str(data)},
+        reader_args=reader_args,
+        limit=limit,
+        runs_dir=tmp_path / "runs",
     )
     folder, results = run(spec, default_plugins(), progress=False, log=lambda _: None)
     return results, folder.records()
@@ -122,8 +134,8 @@ def test_answers_are_cut_at_the_tasks_stop_strings():
 
 
 def test_model_args_are_checked(echo_env):
-    from iagbench.contract.errors import ConfigurationError
     from iagbench.analysis.lm_eval_model import IagbenchLM
+    from iagbench.contract.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="needs reader=NAME"):
         IagbenchLM()
@@ -156,14 +168,29 @@ def test_lm_eval_command_line_with_smollm2_scores_as_iagbench_run(tmp_path, data
     """`python -m iagbench.analysis.lm_eval_model run --model iagbench ...` on 12 sample questions, a real model."""
     from iagbench_plugins.datasets.sample import Sample
 
-    questions = [{"id": e.id, "question": e.question, "answers": list(e.answers)} for e in list(Sample().load("test"))[:12]]
+    questions = [
+        {"id": e.id, "question": e.question, "answers": list(e.answers)} for e in list(Sample().load("test"))[:12]
+    ]
     tasks = write_task(tmp_path, questions)
     env = {k: v for k, v in os.environ.items() if k != "IAGBENCH_PLUGINS"}
     env["HF_DATASETS_OFFLINE"] = "1"
     command = [
-        sys.executable, "-m", "iagbench.analysis.lm_eval_model", "run", "--model", "iagbench",
-        "--model_args", "reader=smollm2-135m", "--batch_size", "16", "--tasks", "iagbench_local_qa",
-        "--include_path", str(tasks), "--output_path", str(tmp_path / "out"),
+        sys.executable,
+        "-m",
+        "iagbench.analysis.lm_eval_model",
+        "run",
+        "--model",
+        "iagbench",
+        "--model_args",
+        "reader=smollm2-135m",
+        "--batch_size",
+        "16",
+        "--tasks",
+        "iagbench_local_qa",
+        "--include_path",
+        str(tasks),
+        "--output_path",
+        str(tmp_path / "out"),
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

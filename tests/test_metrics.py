@@ -9,9 +9,9 @@ import pytest
 from iagbench import Metric, Passage
 from iagbench.contract.plugins import load_plugins
 from iagbench.runs.scoring import aggregate, metric_versions, score_example
+from iagbench.text.normalize import exact_match, f1, normalize_answer, subspan_em, token_f1
 from iagbench_plugins.metrics import F1, ExactMatch, HasAnswer, SubspanEM, has_answer_ks
 from iagbench_plugins.metrics.dpr_tokenizer import SimpleTokenizer, has_answer, has_answer_at_k
-from iagbench.text.normalize import exact_match, f1, normalize_answer, subspan_em, token_f1
 
 NFC_RONTGEN = unicodedata.normalize("NFC", "Röntgen")
 NFD_RONTGEN = unicodedata.normalize("NFD", "Röntgen")
@@ -186,8 +186,16 @@ def test_has_answer_reads_text_not_title() -> None:
 
 @pytest.mark.parametrize(
     "n, ks",
-    [(0, ()), (1, (1,)), (3, (1, 3)), (5, (1, 5)), (20, (1, 5, 20)), (25, (1, 5, 20, 25)), (100, (1, 5, 20, 100)),
-     (150, (1, 5, 20, 100))],
+    [
+        (0, ()),
+        (1, (1,)),
+        (3, (1, 3)),
+        (5, (1, 5)),
+        (20, (1, 5, 20)),
+        (25, (1, 5, 20, 25)),
+        (100, (1, 5, 20, 100)),
+        (150, (1, 5, 20, 100)),
+    ],
 )
 def test_has_answer_ks(n: int, ks: tuple[int, ...]) -> None:
     assert has_answer_ks(n) == ks
@@ -198,11 +206,17 @@ def test_has_answer_metric_keys_and_capping() -> None:
     assert metric.score("x", ["Twain"], []) == {}
     ctxs = passages(*(["filler"] * 21 + ["Twain"] + ["filler"] * 3))  # answer in passage 22 of 25
     assert metric.score("x", ["Twain"], ctxs) == {
-        "has_answer@1": 0.0, "has_answer@5": 0.0, "has_answer@20": 0.0, "has_answer@25": 1.0
+        "has_answer@1": 0.0,
+        "has_answer@5": 0.0,
+        "has_answer@20": 0.0,
+        "has_answer@25": 1.0,
     }
     ctxs = passages(*(["filler"] * 120 + ["Twain"] + ["filler"] * 29))  # passage 121 of 150: beyond 100
     assert metric.score("x", ["Twain"], ctxs) == {
-        "has_answer@1": 0.0, "has_answer@5": 0.0, "has_answer@20": 0.0, "has_answer@100": 0.0
+        "has_answer@1": 0.0,
+        "has_answer@5": 0.0,
+        "has_answer@20": 0.0,
+        "has_answer@100": 0.0,
     }
     ctxs = passages("filler", "Twain", "filler")
     assert metric.score("x", ["Twain"], ctxs) == {"has_answer@1": 0.0, "has_answer@3": 1.0}
@@ -273,7 +287,9 @@ def test_aggregate_means_in_percent_and_counts() -> None:
     ]
     result = aggregate(records)
     assert result["metrics"] == {
-        "em": pytest.approx(200 / 3, abs=1e-9), "has_answer@1": pytest.approx(50.0), "f1": pytest.approx(50.0)
+        "em": pytest.approx(200 / 3, abs=1e-9),
+        "has_answer@1": pytest.approx(50.0),
+        "f1": pytest.approx(50.0),
     }
     assert result["counts"] == {"em": 3, "has_answer@1": 2, "f1": 1}
     assert aggregate([]) == {"metrics": {}, "counts": {}}

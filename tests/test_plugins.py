@@ -26,8 +26,20 @@ BUILTINS = {  # plugin -> kind -> names it registers
     "iagbench-hyperlora": {"imaginers": {"hyperlora"}},
     "iagbench-imagination": {"imaginers": {"generate", "imagine"}, "commands": {"compress"}},
     "iagbench-retrieval": {"imaginers": {"bm25", "dense", "hybrid"}},
-    "iagbench-readers": {"readers": {"causal-lm", "smollm2-135m", "llama-7b", "llama-13b", "tiny-llama",
-                                     "fid-t5", "fid-t5-base", "fid-t5-large", "fid-t5-3b", "fid-tiny"}},
+    "iagbench-readers": {
+        "readers": {
+            "causal-lm",
+            "smollm2-135m",
+            "llama-7b",
+            "llama-13b",
+            "tiny-llama",
+            "fid-t5",
+            "fid-t5-base",
+            "fid-t5-large",
+            "fid-t5-3b",
+            "fid-tiny",
+        }
+    },
     "iagbench-metrics": {"metrics": {"em", "f1", "subspan_em", "has_answer"}},
 }
 BUILTIN_PLUGINS = set(BUILTINS)
@@ -212,7 +224,10 @@ def test_unknown_name_suggests_close_names_and_lists_the_known_ones(plugins):
         plugins["readers"].get("tiny-lama")
     message = str(error.value)
     assert "unknown reader 'tiny-lama'" in message and "Did you mean 'tiny-llama'" in message
-    assert "Known readers: causal-lm, fid-t5, fid-t5-3b, fid-t5-base, fid-t5-large, fid-tiny, llama-13b, llama-7b, smollm2-135m, tiny-llama" in message
+    assert (
+        "Known readers: causal-lm, fid-t5, fid-t5-3b, fid-t5-base, fid-t5-large, fid-tiny, llama-13b, llama-7b, smollm2-135m, tiny-llama"
+        in message
+    )
 
     with pytest.raises(UnknownNameError, match="Did you mean 'closed-book'"):
         plugins["imaginers"].get("closed-bok")
@@ -311,7 +326,9 @@ def test_plugin_files_from_the_environment(tmp_path, monkeypatch):
 def test_plugin_file_reader_is_listed_by_the_command_line(echo_plugin_file, invoke_cli):
     code, out, _ = invoke_cli("list", "readers", plugin_files=(echo_plugin_file,))
     assert code == 0
-    assert any(line.split()[0] == "echo" and line.endswith(f"[file:{echo_plugin_file}]") for line in out.splitlines()[1:])
+    assert any(
+        line.split()[0] == "echo" and line.endswith(f"[file:{echo_plugin_file}]") for line in out.splitlines()[1:]
+    )
     code, out, _ = invoke_cli("list", "readers")
     assert code == 0 and "echo" not in out.split()
 
@@ -336,7 +353,9 @@ def test_incompatible_pair_is_refused_before_anything_is_built(tmp_path):
         with pytest.raises(ConfigurationError) as error:
             run(spec, plugins, progress=False, log=lambda message: None)
         message = str(error.value)
-        assert f"imaginer 'passage-maker' provides ['passages'] but reader '{reader}' accepts only no context" in message
+        assert (
+            f"imaginer 'passage-maker' provides ['passages'] but reader '{reader}' accepts only no context" in message
+        )
     assert not (tmp_path / "runs").exists()
     # The same imaginer passes with a reader that accepts passages (still nothing built).
     check_compatible(plugins["imaginers"].get("passage-maker"), plugins["readers"].get("tiny-llama"))

@@ -16,16 +16,16 @@ from iagbench.analysis.baselines import MetricCheck
 from iagbench.analysis.stats import Interval
 
 BENCHMARK = textwrap.dedent(
-    '''
+    """
     def test_echo_sample(iagbench_run, iagbench_baseline):
         results = iagbench_run(dataset="sample", split="test", reader="echo", reader_args={"mode": "mixed"}, limit=40)
         assert results["n"] == 40 and len(results.scores) == 40
         assert results.command.startswith("iagbench run --dataset sample")
         iagbench_baseline(results, "echo-sample-40")
-    '''
+    """
 )
 NEEDS_DATA = textwrap.dedent(
-    '''
+    """
     from pathlib import Path
 
 
@@ -39,17 +39,25 @@ NEEDS_DATA = textwrap.dedent(
 
     def test_runs_dir(iagbench_runs_dir):
         assert iagbench_runs_dir == Path.cwd() / "elsewhere"
-    '''
+    """
 )
 
 
 def pytest_in(project: Path, *args: str, plugin: Path) -> subprocess.CompletedProcess:
     """Plain `pytest` in another project (the plugin comes from iagbench's `pytest11` entry point)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k not in ("IAGBENCH_DATA", "IAGBENCH_RUNS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PYTEST_") and k not in ("IAGBENCH_DATA", "IAGBENCH_RUNS")
+    }
     env["IAGBENCH_PLUGINS"] = str(plugin)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -132,7 +140,10 @@ def test_ini_settings_and_a_missing_data_folder(project, echo_plugin_file, tmp_p
     assert result.returncode == 0, result.stdout
     assert (project / "stored" / "echo-sample-40.json").is_file() and list((project / "elsewhere").iterdir())
     assert f"the data folder {project / 'no-such-folder'} is absent" in result.stdout
-    assert f"no data folder (--iagbench-data-dir, $IAGBENCH_DATA or ini iagbench_data_dir): {project / 'no-such-folder'}" in result.stdout
+    assert (
+        f"no data folder (--iagbench-data-dir, $IAGBENCH_DATA or ini iagbench_data_dir): {project / 'no-such-folder'}"
+        in result.stdout
+    )
     assert "2 passed, 2 skipped" in result.stdout
     runs = tmp_path / "given-runs"
     result = pytest_in(project, "--iagbench-runs-dir", str(runs), "benchmarks/test_bench.py", plugin=echo_plugin_file)

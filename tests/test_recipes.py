@@ -19,8 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "plugins" / "sample_data" / "passages.jsonl"
 RECIPES = sorted(available())
 TINY_HYPER = "hyperlora.encoder=hashing,hyperlora.rank=4,hyperlora.hidden=32,hyperlora.feature_dims=2"
-TRAIN_SMALL = ["--steps", "2", "--batch-size", "2", "--grad-accum", "1", "--warmup-steps", "0", "--limit", "4",
-               "--save-every", "2", "--no-progress"]
+TRAIN_SMALL = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--grad-accum",
+    "1",
+    "--warmup-steps",
+    "0",
+    "--limit",
+    "4",
+    "--save-every",
+    "2",
+    "--no-progress",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,7 +53,9 @@ def test_the_shipped_recipes_cover_every_row_and_merge_into_their_commands():
         assert recipe.path.parent == SHIPPED and recipe.description and recipe.row
         assert recipe.sha256 == hashlib.sha256(recipe.path.read_bytes()).hexdigest()
         for command in recipe.sections:
-            job = job_of(command, "--recipe", name, *values)  # every key is an option of the command, with a valid value
+            job = job_of(
+                command, "--recipe", name, *values
+            )  # every key is an option of the command, with a valid value
             assert job.non_default["recipe"]["name"] == name and job.reader
             if command == "train":
                 assert job.output == Path(f"trained/{name}-sample") and job.settings["lr"] == 1e-4
@@ -50,8 +65,13 @@ def test_the_command_line_overrides_and_merges_and_placeholders_resolve():
     job = job_of("run", "--recipe", "imcqa-k", "--reader", "fid-tiny", "--set", "lm=tiny-llama", "--set",
                  "imagine_checkpoint=", "--imaginer-args", "imagine.n=2")  # fmt: skip
     assert job.reader == "fid-tiny" and job.imaginer == "imagine+hyperlora"
-    assert job.imaginer_args == {"imagine.model": "tiny-llama", "imagine.n": 2, "hyperlora.model": "fid-tiny",
-                                 "hyperlora.rank": 32, "hyperlora.checkpoint": "trained/imcqa-k-sample"}  # no imagine.checkpoint
+    assert job.imaginer_args == {
+        "imagine.model": "tiny-llama",
+        "imagine.n": 2,
+        "hyperlora.model": "fid-tiny",
+        "hyperlora.rank": 32,
+        "hyperlora.checkpoint": "trained/imcqa-k-sample",
+    }  # no imagine.checkpoint
     assert list(job.imaginer_args)[:2] == ["imagine.model", "imagine.n"]  # the recipe's order; the command line's value
     assert job.reader_args == {"text_maxlength": 256, "train": "none", "checkpoint": "trained/fid-teacher-sample"}
     assert job.non_default["recipe"]["set"] == {"lm": "tiny-llama", "imagine_checkpoint": ""}
@@ -68,7 +88,11 @@ def test_unknown_recipe_bad_key_and_missing_placeholder_are_one_line_errors(invo
     bad = tmp_path / "bad.toml"
     bad.write_text('description = "d"\nrow = "r"\n[run]\nreader = "fid-tiny"\nreader_arg = "x=1"\n')
     code, _, err = invoke_cli("run", "--recipe", str(bad))
-    assert code == 2 and f"{bad}: [run] key 'reader_arg': iagbench run has no option --reader-arg (did you mean 'reader_args'?)" in err
+    assert (
+        code == 2
+        and f"{bad}: [run] key 'reader_arg': iagbench run has no option --reader-arg (did you mean 'reader_args'?)"
+        in err
+    )
     bad.write_text('description = "d"\nrow = "r"\n[run]\nreader = "fid-tiny"\ndataset = "nq"\n')
     code, _, err = invoke_cli("run", "--recipe", str(bad))
     assert code == 2 and f"{bad}: [run] key 'dataset': the data comes from the command line" in err
@@ -76,7 +100,11 @@ def test_unknown_recipe_bad_key_and_missing_placeholder_are_one_line_errors(invo
     with pytest.raises(ConfigurationError, match=r"bad.toml: unknown key 'runn' \(did you mean 'run'\?\)"):
         load(str(bad))
     code, _, err = invoke_cli("run", "--recipe", "fid-teacher")
-    assert code == 2 and "fid-teacher.toml: [run] imaginer_args.corpus: placeholder {corpus} has no value: give --set corpus=VALUE" in err
+    assert (
+        code == 2
+        and "fid-teacher.toml: [run] imaginer_args.corpus: placeholder {corpus} has no value: give --set corpus=VALUE"
+        in err
+    )
     code, _, err = invoke_cli("run", "--recipe", "imcqa-imagine")
     assert code == 2 and "recipe 'imcqa-imagine' has no [run] section" in err
 
@@ -125,7 +153,9 @@ def run_recipe(invoke_cli, name, tmp_path, *extra):
 def test_trained_rows_train_then_run(invoke_cli, tmp_path, name):
     trained = tmp_path / "trained"
     imaginer = ["--imaginer-args", IMAGINER[name]] if name in IMAGINER else []
-    code, _, err = invoke_cli("train", "--recipe", name, *COMMON, *imaginer, "--set", f"train_output={trained}", *TRAIN_SMALL)
+    code, _, err = invoke_cli(
+        "train", "--recipe", name, *COMMON, *imaginer, "--set", f"train_output={trained}", *TRAIN_SMALL
+    )
     assert code == 0, err
     config = json.loads((trained / "train_config.json").read_text())
     assert config["non_default_options"]["recipe"]["name"] == name
@@ -148,9 +178,25 @@ def hypernetwork(tmp_path_factory, teacher):
     from iagbench.commands.main import main
 
     output = tmp_path_factory.mktemp("trained") / "hyperlora"
-    assert main(["train", "--imaginer", "hyperlora", "--imaginer-args", "model=fid-tiny," + IMAGINER["imcqa-0"],
-                 "--reader", "fid-tiny", "--reader-args", f"train=none,checkpoint={teacher}", "--output", str(output),
-                 *TRAIN_SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--imaginer",
+                "hyperlora",
+                "--imaginer-args",
+                "model=fid-tiny," + IMAGINER["imcqa-0"],
+                "--reader",
+                "fid-tiny",
+                "--reader-args",
+                f"train=none,checkpoint={teacher}",
+                "--output",
+                str(output),
+                *TRAIN_SMALL,
+            ]
+        )
+        == 0
+    )
     return output
 
 
@@ -158,8 +204,17 @@ def hypernetwork(tmp_path_factory, teacher):
 def test_imcqa_run_section_as_shipped(invoke_cli, tmp_path, teacher, hypernetwork, name):
     """The run section with a hypernetwork trained without distillation, the teacher's weights as the student's,
     an untrained imagine LM (imagine_checkpoint set empty)."""
-    run = run_recipe(invoke_cli, name, tmp_path, "--set", f"teacher_checkpoint={teacher}", "--set",
-                     f"train_output={hypernetwork}", "--set", "imagine_checkpoint=")
+    run = run_recipe(
+        invoke_cli,
+        name,
+        tmp_path,
+        "--set",
+        f"teacher_checkpoint={teacher}",
+        "--set",
+        f"train_output={hypernetwork}",
+        "--set",
+        "imagine_checkpoint=",
+    )
     records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert {r["details"]["passages"] for r in records} == {{"imcqa-0": 0, "imcqa-1": 1, "imcqa-k": 2}[name]}
 
@@ -167,12 +222,33 @@ def test_imcqa_run_section_as_shipped(invoke_cli, tmp_path, teacher, hypernetwor
 @pytest.mark.parametrize("name", ["imcqa-0", "imcqa-1", "imcqa-k"])
 def test_imcqa_distils_from_the_teacher_then_runs(invoke_cli, tmp_path, teacher, name):
     trained = tmp_path / "trained"
-    code, _, err = invoke_cli("train", "--recipe", name, *COMMON, "--imaginer-args", IMAGINER[name],
-                              "--set", f"teacher_checkpoint={teacher}", "--set", "imagine_checkpoint=",
-                              "--set", f"train_output={trained}", *TRAIN_SMALL)
+    code, _, err = invoke_cli(
+        "train",
+        "--recipe",
+        name,
+        *COMMON,
+        "--imaginer-args",
+        IMAGINER[name],
+        "--set",
+        f"teacher_checkpoint={teacher}",
+        "--set",
+        "imagine_checkpoint=",
+        "--set",
+        f"train_output={trained}",
+        *TRAIN_SMALL,
+    )
     assert code == 0, err
     assert (trained / "checkpoints" / "step-000002" / "imaginer.safetensors").is_file()
     config = json.loads((trained / "train_config.json").read_text())
     assert config["non_default_options"]["recipe"]["name"] == name
-    run_recipe(invoke_cli, name, tmp_path, "--set", f"teacher_checkpoint={teacher}", "--set", f"train_output={trained}",
-               "--set", "imagine_checkpoint=")
+    run_recipe(
+        invoke_cli,
+        name,
+        tmp_path,
+        "--set",
+        f"teacher_checkpoint={teacher}",
+        "--set",
+        f"train_output={trained}",
+        "--set",
+        "imagine_checkpoint=",
+    )

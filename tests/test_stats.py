@@ -91,7 +91,15 @@ def test_paired_bootstrap_interval_contains_the_difference_and_is_narrower_than_
 
 @pytest.mark.parametrize(
     ("k", "n", "expected"),
-    [(0, 0, 1.0), (0, 5, 2 / 32), (5, 5, 2 / 32), (1, 5, 2 * 6 / 32), (2, 5, 1.0), (0, 1, 1.0), (3, 10, 2 * 176 / 1024)],
+    [
+        (0, 0, 1.0),
+        (0, 5, 2 / 32),
+        (5, 5, 2 / 32),
+        (1, 5, 2 * 6 / 32),
+        (2, 5, 1.0),
+        (0, 1, 1.0),
+        (3, 10, 2 * 176 / 1024),
+    ],
 )
 def test_binomial_two_sided_closed_forms(k, n, expected):
     assert binomial_two_sided(k, n) == pytest.approx(expected, abs=1e-15)

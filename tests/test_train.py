@@ -19,16 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
+from trends import assert_falls
 
-from iagbench.lm.checkpoints import load_trainable, resolve_checkpoint
 from iagbench.contract.errors import ConfigurationError, RunFolderError
 from iagbench.contract.plugins import load_plugins
+from iagbench.lm.checkpoints import load_trainable, resolve_checkpoint
 from iagbench.training.distributed import read_deepspeed_config
 from iagbench.training.folder import read_log
 from iagbench.training.objective import lr_scheduler
 from iagbench.training.spec import TrainSpec
 from iagbench.training.train import train
-from trends import assert_falls
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "tests" / "toy_trainable.py"
@@ -38,16 +38,51 @@ BIN = Path(sys.executable).parent
 # The reference configuration: 6 steps of 2 micro-batches of 10 examples (one process), or of 5 per
 # process with two processes: the same examples per optimizer step either way.
 STEPS, ACCUM, EXAMPLES_PER_MICRO = 6, 2, 10
-COMMON = ("--imaginer", "toy-imaginer", "--reader", "toy-reader", "--steps", str(STEPS), "--grad-accum", str(ACCUM),
-          "--lr", "0.05", "--warmup-steps", "2", "--save-every", "3", "--log-every", "1", "--eval-every", "3",
-          "--eval-split", "train", "--eval-limit", "20", "--no-progress")
+COMMON = (
+    "--imaginer",
+    "toy-imaginer",
+    "--reader",
+    "toy-reader",
+    "--steps",
+    str(STEPS),
+    "--grad-accum",
+    str(ACCUM),
+    "--lr",
+    "0.05",
+    "--warmup-steps",
+    "2",
+    "--save-every",
+    "3",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "3",
+    "--eval-split",
+    "train",
+    "--eval-limit",
+    "20",
+    "--no-progress",
+)
 
 
 def spec(output: Path, **changes) -> TrainSpec:
     """The in-process twin of COMMON, one process."""
-    values = dict(dataset="sample", imaginer="toy-imaginer", reader="toy-reader", steps=STEPS, grad_accum=ACCUM,
-                  batch_size=EXAMPLES_PER_MICRO, lr=0.05, warmup_steps=2, save_every=3, log_every=1, eval_every=3,
-                  eval_split="train", eval_limit=20, output=output)
+    values = dict(
+        dataset="sample",
+        imaginer="toy-imaginer",
+        reader="toy-reader",
+        steps=STEPS,
+        grad_accum=ACCUM,
+        batch_size=EXAMPLES_PER_MICRO,
+        lr=0.05,
+        warmup_steps=2,
+        save_every=3,
+        log_every=1,
+        eval_every=3,
+        eval_split="train",
+        eval_limit=20,
+        output=output,
+    )
     values.update(changes)
     return TrainSpec(**values)
 
@@ -173,7 +208,11 @@ def test_training_learns_evaluates_checkpoints_and_a_run_loads_it(tmp_path, toy_
     assert set(weights(output, "reader")) == {"weight", "bias"}
     assert float(weights(output, "imaginer")["prepared_on"]) == 50  # prepare() saw every training example
     config = json.loads((final / "config.json").read_text())
-    assert config["step"] == 40 and config["imaginer"]["name"] == "toy-imaginer" and config["reader"]["weights"] == "reader.safetensors"
+    assert (
+        config["step"] == 40
+        and config["imaginer"]["name"] == "toy-imaginer"
+        and config["reader"]["weights"] == "reader.safetensors"
+    )
     train_config = json.loads((output / "train_config.json").read_text())
     assert train_config["identity"]["training"]["steps"] == 40
     assert train_config["identity"]["dataset"]["n"] == 50
@@ -182,9 +221,26 @@ def test_training_learns_evaluates_checkpoints_and_a_run_loads_it(tmp_path, toy_
     # a run loads the trained weights through checkpoint=DIR (latest) and scores what evaluation logged
     run_dir = tmp_path / "run"
     code, _, err = invoke_cli(
-        "run", "--dataset", "sample", "--split", "train", "--limit", "50", "--metrics", "em", "--no-progress",
-        "--imaginer", "toy-imaginer", "--imaginer-args", f"checkpoint={output}",
-        "--reader", "toy-reader", "--reader-args", f"checkpoint={final}", "--output", str(run_dir),
+        "run",
+        "--dataset",
+        "sample",
+        "--split",
+        "train",
+        "--limit",
+        "50",
+        "--metrics",
+        "em",
+        "--no-progress",
+        "--imaginer",
+        "toy-imaginer",
+        "--imaginer-args",
+        f"checkpoint={output}",
+        "--reader",
+        "toy-reader",
+        "--reader-args",
+        f"checkpoint={final}",
+        "--output",
+        str(run_dir),
         plugin_files=(TOY,),
     )
     assert code == 0, err
@@ -194,23 +250,47 @@ def test_training_learns_evaluates_checkpoints_and_a_run_loads_it(tmp_path, toy_
     # the same command again: finished, nothing recomputed
     before = (final / "trainer_state.json").stat().st_mtime_ns, (output / "log.jsonl").read_text()
     messages.clear()
-    train(spec(output, steps=40, save_every=20, eval_every=20, eval_limit=50, log_every=5, keep=1, grad_accum=1),
-          toy_plugins, progress=False, log=messages.append)
+    train(
+        spec(output, steps=40, save_every=20, eval_every=20, eval_limit=50, log_every=5, keep=1, grad_accum=1),
+        toy_plugins,
+        progress=False,
+        log=messages.append,
+    )
     assert messages and messages[0].startswith("training already finished")
     assert ((final / "trainer_state.json").stat().st_mtime_ns, (output / "log.jsonl").read_text()) == before
 
     # another configuration on the same output is refused
     with pytest.raises(RunFolderError, match=r"another training configuration \(differs in: training.lr\)"):
-        train(spec(output, steps=40, save_every=20, eval_every=20, eval_limit=50, log_every=5, keep=1, grad_accum=1,
-                   lr=0.01), toy_plugins, progress=False, log=messages.append)
+        train(
+            spec(
+                output,
+                steps=40,
+                save_every=20,
+                eval_every=20,
+                eval_limit=50,
+                log_every=5,
+                keep=1,
+                grad_accum=1,
+                lr=0.01,
+            ),
+            toy_plugins,
+            progress=False,
+            log=messages.append,
+        )
 
 
 def test_kill_9_then_the_same_command_resumes_where_the_checkpoint_left_off(tmp_path, reference):
     """Killed in step 5 (checkpoint at step 3): the rerun continues at step 4 and ends where an uninterrupted run does."""
     output = tmp_path / "out"
     args = [str(BIN / "iagbench"), "train", *COMMON, "--batch-size", str(EXAMPLES_PER_MICRO), "--output", str(output)]
-    first = subprocess.Popen(args, env=subprocess_env(TOY_STALL_AFTER_LOSS_CALLS=str(4 * ACCUM)), start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        args,
+        env=subprocess_env(TOY_STALL_AFTER_LOSS_CALLS=str(4 * ACCUM)),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_step(output, 4, first)
     finally:
@@ -241,7 +321,8 @@ def remove_deepspeed_shm(ports: list[int]) -> None:
 
 
 needs_deepspeed = pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None or not (BIN / "deepspeed").is_file(), reason="deepspeed is not installed"
+    importlib.util.find_spec("deepspeed") is None or not (BIN / "deepspeed").is_file(),
+    reason="deepspeed is not installed",
 )
 
 
@@ -255,11 +336,30 @@ def test_deepspeed_zero2_two_cpu_processes_train_resume_and_a_run_loads_it(tmp_p
 
     def launch(**env):
         ports.append(free_port())
-        args = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(ports[-1]), str(BIN / "iagbench"),
-                "train", *COMMON, "--batch-size", str(EXAMPLES_PER_MICRO // 2), "--output", str(output),
-                "--deepspeed", str(ZERO2)]
-        return subprocess.Popen(args, env=subprocess_env(**env), start_new_session=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        args = [
+            str(BIN / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(ports[-1]),
+            str(BIN / "iagbench"),
+            "train",
+            *COMMON,
+            "--batch-size",
+            str(EXAMPLES_PER_MICRO // 2),
+            "--output",
+            str(output),
+            "--deepspeed",
+            str(ZERO2),
+        ]
+        return subprocess.Popen(
+            args,
+            env=subprocess_env(**env),
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     first = launch(TOY_STALL_AFTER_LOSS_CALLS=str(4 * ACCUM))
     try:
@@ -278,8 +378,13 @@ def test_deepspeed_zero2_two_cpu_processes_train_resume_and_a_run_loads_it(tmp_p
     config = json.loads((output / "train_config.json").read_text())
     assert config["identity"]["training"]["deepspeed"]["zero_optimization"]["stage"] == 2
     assert config["identity"]["training"]["global_batch"] == EXAMPLES_PER_MICRO * ACCUM
-    assert config["execution"] == {"processes": 2, "batch_size": EXAMPLES_PER_MICRO // 2, "grad_accum": ACCUM,
-                                   "global_batch": EXAMPLES_PER_MICRO * ACCUM, "gradient_checkpointing": False}
+    assert config["execution"] == {
+        "processes": 2,
+        "batch_size": EXAMPLES_PER_MICRO // 2,
+        "grad_accum": ACCUM,
+        "global_batch": EXAMPLES_PER_MICRO * ACCUM,
+        "gradient_checkpointing": False,
+    }
     state = output / "checkpoints" / "step-000006" / "state"
     shards = sorted(p.name for p in state.rglob("*optim_states.pt"))
     assert len(shards) == 2 and any("rank_1" in name for name in shards), shards  # partitioned optimizer state
@@ -290,9 +395,26 @@ def test_deepspeed_zero2_two_cpu_processes_train_resume_and_a_run_loads_it(tmp_p
 
     run_dir = tmp_path / "run"
     code, _, err = invoke_cli(
-        "run", "--dataset", "sample", "--split", "train", "--limit", "20", "--metrics", "em", "--no-progress",
-        "--imaginer", "toy-imaginer", "--imaginer-args", f"checkpoint={output}",
-        "--reader", "toy-reader", "--reader-args", f"checkpoint={output}", "--output", str(run_dir),
+        "run",
+        "--dataset",
+        "sample",
+        "--split",
+        "train",
+        "--limit",
+        "20",
+        "--metrics",
+        "em",
+        "--no-progress",
+        "--imaginer",
+        "toy-imaginer",
+        "--imaginer-args",
+        f"checkpoint={output}",
+        "--reader",
+        "toy-reader",
+        "--reader-args",
+        f"checkpoint={output}",
+        "--output",
+        str(run_dir),
         plugin_files=(TOY,),
     )
     assert code == 0, err
@@ -302,28 +424,62 @@ def test_deepspeed_zero2_two_cpu_processes_train_resume_and_a_run_loads_it(tmp_p
 def test_torchrun_two_cpu_processes_average_gradients_like_one_process(tmp_path, reference):
     """DDP over gloo: each process takes its half of every micro-batch; the result is the one-process reference."""
     output = tmp_path / "out"
-    args = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master-port", str(free_port()), str(BIN / "iagbench"),
-            "train", *COMMON, "--batch-size", str(EXAMPLES_PER_MICRO // 2), "--output", str(output)]
+    args = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        str(BIN / "iagbench"),
+        "train",
+        *COMMON,
+        "--batch-size",
+        str(EXAMPLES_PER_MICRO // 2),
+        "--output",
+        str(output),
+    ]
     result = subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, failure_excerpt(result.stderr)
     assert result.stdout.count('"output":') == 1  # one summary: from the main process only
-    assert json.loads(result.stdout[result.stdout.index("{\n"):])["step"] == STEPS
+    assert json.loads(result.stdout[result.stdout.index("{\n") :])["step"] == STEPS
     assert json.loads((output / "train_config.json").read_text())["execution"]["processes"] == 2
-    assert [r["loss"] for r in read_log(output)[1:]] == pytest.approx([r["loss"] for r in read_log(reference)[1:]], rel=1e-5)
+    assert [r["loss"] for r in read_log(output)[1:]] == pytest.approx(
+        [r["loss"] for r in read_log(reference)[1:]], rel=1e-5
+    )
     assert_same_weights(output, reference, atol=1e-5)
 
 
 def test_only_the_reader_trains_and_the_imaginer_checkpoint_is_refused(tmp_path, toy_plugins, invoke_cli):
     output = tmp_path / "out"
-    train(spec(output, steps=2, eval_every=0, imaginer_args={"trainable": False}), toy_plugins, progress=False,
-          log=lambda message: None)
+    train(
+        spec(output, steps=2, eval_every=0, imaginer_args={"trainable": False}),
+        toy_plugins,
+        progress=False,
+        log=lambda message: None,
+    )
     final = output / "checkpoints" / "step-000002"
     assert (final / "reader.safetensors").is_file() and not (final / "imaginer.safetensors").exists()
     assert json.loads((final / "config.json").read_text())["imaginer"]["weights"] is None
     code, _, err = invoke_cli(
-        "run", "--dataset", "sample", "--split", "train", "--limit", "4", "--metrics", "em", "--no-progress",
-        "--imaginer", "toy-imaginer", "--imaginer-args", f"checkpoint={output}", "--reader", "toy-reader",
-        "--output", str(tmp_path / "run"), plugin_files=(TOY,),
+        "run",
+        "--dataset",
+        "sample",
+        "--split",
+        "train",
+        "--limit",
+        "4",
+        "--metrics",
+        "em",
+        "--no-progress",
+        "--imaginer",
+        "toy-imaginer",
+        "--imaginer-args",
+        f"checkpoint={output}",
+        "--reader",
+        "toy-reader",
+        "--output",
+        str(tmp_path / "run"),
+        plugin_files=(TOY,),
     )
     assert code == 2 and err.count("\n") == 1
     assert f"checkpoint {final} has no imaginer.safetensors (it holds reader.safetensors)" in err
@@ -332,8 +488,10 @@ def test_only_the_reader_trains_and_the_imaginer_checkpoint_is_refused(tmp_path,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--imaginer-args", "trainable=false", "--reader-args", "trainable=false"),
-         "nothing to train: neither imaginer 'toy-imaginer' nor reader 'toy-reader' has trainable parts"),
+        (
+            ("--imaginer-args", "trainable=false", "--reader-args", "trainable=false"),
+            "nothing to train: neither imaginer 'toy-imaginer' nor reader 'toy-reader' has trainable parts",
+        ),
         (("--reader", "toy-frozen-reader"), "reader 'toy-frozen-reader' cannot compute a training loss"),
         (("--batch-size", "60"), "50 training examples make no batch of 60 x 1 processes"),
         (("--eval-every", "2"), "dataset 'sample' has no split 'dev'"),
@@ -343,7 +501,18 @@ def test_only_the_reader_trains_and_the_imaginer_checkpoint_is_refused(tmp_path,
 )
 def test_refusals_are_one_line_and_leave_nothing_behind(tmp_path, invoke_cli, args, message):
     output = tmp_path / "out"
-    base = ["train", "--imaginer", "toy-imaginer", "--reader", "toy-reader", "--steps", "2", "--no-progress", "--output", str(output)]
+    base = [
+        "train",
+        "--imaginer",
+        "toy-imaginer",
+        "--reader",
+        "toy-reader",
+        "--steps",
+        "2",
+        "--no-progress",
+        "--output",
+        str(output),
+    ]
     code, _, err = invoke_cli(*base, *args, plugin_files=(TOY,))
     assert code == 2, err
     assert err.startswith("iagbench: error: ") and err.count("\n") == 1 and message in err, err
@@ -370,12 +539,17 @@ def test_load_trainable_checks_keys_and_shapes(tmp_path, reference):
     reader = toy_trainable.ToyReader()
     assert load_trainable(reader, reference, "reader") == reference / "checkpoints" / "step-000006"
     assert torch.equal(reader.head.weight, weights(reference, "reader")["weight"])
-    with pytest.raises(ConfigurationError, match=r"reader.safetensors: does not fit ToyReader: size mismatch for weight"):
+    with pytest.raises(
+        ConfigurationError, match=r"reader.safetensors: does not fit ToyReader: size mismatch for weight"
+    ):
         load_trainable(toy_trainable.ToyReader(hidden=8), reference, "reader")
     extra = tmp_path / "extra"
     extra.mkdir()
     save_file({**weights(reference, "reader"), "scale": torch.ones(1)}, str(extra / "reader.safetensors"))
-    with pytest.raises(ConfigurationError, match=r"extra/reader.safetensors: does not fit ToyReader: unexpected 1 keys \(first: scale\)"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"extra/reader.safetensors: does not fit ToyReader: unexpected 1 keys \(first: scale\)",
+    ):
         load_trainable(reader, extra, "reader")
     with pytest.raises(ConfigurationError, match="neither a training output"):
         load_trainable(reader, tmp_path, "reader")
@@ -387,9 +561,22 @@ def test_hyperlora_trains_with_tiny_llama_and_a_run_loads_it(tmp_path, plugins, 
     imaginer_args = {"model": "tiny-llama", "encoder": "hashing", "rank": 2, "hidden": 16, "feature_dims": 8}
     output = tmp_path / "out"
     _, summary = train(
-        TrainSpec(dataset="sample", imaginer="hyperlora", reader="tiny-llama", imaginer_args=imaginer_args, limit=16,
-                  steps=3, batch_size=4, lr=0.01, log_every=1, save_every=3, output=output),
-        plugins, progress=False, log=lambda message: None,
+        TrainSpec(
+            dataset="sample",
+            imaginer="hyperlora",
+            reader="tiny-llama",
+            imaginer_args=imaginer_args,
+            limit=16,
+            steps=3,
+            batch_size=4,
+            lr=0.01,
+            log_every=1,
+            save_every=3,
+            output=output,
+        ),
+        plugins,
+        progress=False,
+        log=lambda message: None,
     )
     log = read_log(output)
     assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["loss"] < log[0]["loss"]
@@ -397,9 +584,24 @@ def test_hyperlora_trains_with_tiny_llama_and_a_run_loads_it(tmp_path, plugins, 
     assert (final / "imaginer.safetensors").is_file() and not (final / "reader.safetensors").exists()
     options = ",".join(f"{k}={v}" for k, v in {**imaginer_args, "checkpoint": output}.items())
     code, _, err = invoke_cli(
-        "run", "--split", "test", "--limit", "4", "--metrics", "em", "--no-progress", "--imaginer", "hyperlora",
-        "--imaginer-args", options, "--reader", "tiny-llama", "--reader-args", "max_new_tokens=2",
-        "--output", str(tmp_path / "run"),
+        "run",
+        "--split",
+        "test",
+        "--limit",
+        "4",
+        "--metrics",
+        "em",
+        "--no-progress",
+        "--imaginer",
+        "hyperlora",
+        "--imaginer-args",
+        options,
+        "--reader",
+        "tiny-llama",
+        "--reader-args",
+        "max_new_tokens=2",
+        "--output",
+        str(tmp_path / "run"),
     )
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "components.json").read_text())["imaginer"]["whitening_fitted"] is True

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from trends import assert_falls
 
 from iagbench.contract.errors import ConfigurationError, RunFolderError
 from iagbench.contract.plugins import load_plugins
@@ -26,7 +27,6 @@ from iagbench.training.folder import read_log
 from iagbench.training.spec import TrainSpec
 from iagbench.training.stream import _Stream
 from iagbench.training.train import train
-from trends import assert_falls
 
 HYPERLORA = {"model": "fid-tiny", "rank": 4, "hidden": 32, "feature_dims": 8, "encoder": "hashing", "device": "cpu"}
 STUDENT_READER = {"train": "none", "train_answer": "first"}  # frozen T5, deterministic targets
@@ -164,7 +164,9 @@ def test_command_line_with_hidden_and_attention_terms(tmp_path):
         "--attention-weight", "2.0", "--steps", "2", "--batch-size", "8", "--log-every", "1", "--output", str(output),
         "--no-progress",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for record in read_log(output):
         assert record["temperature"] == 3.0

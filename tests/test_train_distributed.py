@@ -13,14 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from iagbench.contract.errors import ConfigurationError, RunFolderError
-from iagbench.training.distributed import read_deepspeed_config
-from iagbench.training.folder import read_log
-from iagbench.training.spec import TrainSpec
-from iagbench.training.stream import _Layout, _Stream
-from iagbench.training.train import train
-
 from test_train import (  # noqa: F401  (reference and toy_plugins are fixtures)
     ACCUM,
     BIN,
@@ -44,6 +36,13 @@ from test_train import (  # noqa: F401  (reference and toy_plugins are fixtures)
     weights,
 )
 
+from iagbench.contract.errors import ConfigurationError, RunFolderError
+from iagbench.training.distributed import read_deepspeed_config
+from iagbench.training.folder import read_log
+from iagbench.training.spec import TrainSpec
+from iagbench.training.stream import _Layout, _Stream
+from iagbench.training.train import train
+
 ZERO3 = REPO / "configs" / "deepspeed" / "zero3.json"
 GLOBAL_BATCH = EXAMPLES_PER_MICRO * ACCUM
 
@@ -64,23 +63,45 @@ class Launcher:
         self.output, self.extra, self.ports = output, extra, []
         request.addfinalizer(lambda: remove_deepspeed_shm(self.ports))
 
-    def start(self, processes: int, launcher: str | None = None, stall_after_step: int | None = None) -> subprocess.Popen:
+    def start(
+        self, processes: int, launcher: str | None = None, stall_after_step: int | None = None
+    ) -> subprocess.Popen:
         self.ports.append(free_port())
         port = str(self.ports[-1])
-        train_args = ["train", *COMMON, "--batch-size", str(EXAMPLES_PER_MICRO // processes), "--output",
-                      str(self.output), *self.extra]
+        train_args = [
+            "train",
+            *COMMON,
+            "--batch-size",
+            str(EXAMPLES_PER_MICRO // processes),
+            "--output",
+            str(self.output),
+            *self.extra,
+        ]
         if launcher == "deepspeed":
             args = [str(BIN / "deepspeed"), "--num_gpus", str(processes), "--master_port", port, str(BIN / "iagbench")]
         elif launcher == "torchrun":
-            args = [str(BIN / "torchrun"), "--nproc_per_node", str(processes), "--master-port", port, str(BIN / "iagbench")]
+            args = [
+                str(BIN / "torchrun"),
+                "--nproc_per_node",
+                str(processes),
+                "--master-port",
+                port,
+                str(BIN / "iagbench"),
+            ]
         else:
             assert processes == 1
             args = [str(BIN / "iagbench")]
         env = {"MASTER_PORT": port}  # a launcher-less DeepSpeed process makes its own group on it
         if stall_after_step:
             env["TOY_STALL_AFTER_LOSS_CALLS"] = str(stall_after_step * ACCUM)
-        return subprocess.Popen([*args, *train_args], env=subprocess_env(**env), start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [*args, *train_args],
+            env=subprocess_env(**env),
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def killed_after_step_4(self, processes: int, launcher: str | None = None) -> None:
         """Train until step 4 is logged (checkpoint at step 3), then kill -9 every process."""
@@ -134,13 +155,21 @@ def test_a_step_trains_on_the_same_examples_however_the_global_batch_is_split(to
 def test_resuming_with_another_global_batch_is_refused_with_the_batch_sizes_that_fit(tmp_path, toy_plugins):
     output = tmp_path / "out"
     train(spec(output, steps=2, eval_every=0), toy_plugins, progress=False, log=lambda message: None)
-    with pytest.raises(RunFolderError, match=r"trained with a global batch of 20 examples per step, this command gives 10 "
-                                             r"\(--batch-size 5 x 1 process\(es\) x --grad-accum 2\); to resume with 1 "
-                                             r"process\(es\) choose --batch-size and --grad-accum whose product is 20"):
+    with pytest.raises(
+        RunFolderError,
+        match=r"trained with a global batch of 20 examples per step, this command gives 10 "
+        r"\(--batch-size 5 x 1 process\(es\) x --grad-accum 2\); to resume with 1 "
+        r"process\(es\) choose --batch-size and --grad-accum whose product is 20",
+    ):
         train(spec(output, steps=2, eval_every=0, batch_size=5), toy_plugins, progress=False, log=lambda message: None)
     # the same global batch in another split is the same run: finished, nothing to do
     messages = []
-    train(spec(output, steps=2, eval_every=0, batch_size=5, grad_accum=4), toy_plugins, progress=False, log=messages.append)
+    train(
+        spec(output, steps=2, eval_every=0, batch_size=5, grad_accum=4),
+        toy_plugins,
+        progress=False,
+        log=messages.append,
+    )
     assert messages[0].startswith("training already finished")
 
 
@@ -150,13 +179,14 @@ def test_zero3_config_must_gather_weights_on_save(tmp_path):
     config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
     path = tmp_path / "z3.json"
     path.write_text(json.dumps(config))
-    with pytest.raises(ConfigurationError, match="ZeRO-3 needs \"stage3_gather_16bit_weights_on_model_save\": true"):
+    with pytest.raises(ConfigurationError, match='ZeRO-3 needs "stage3_gather_16bit_weights_on_model_save": true'):
         read_deepspeed_config(path)
 
 
 @needs_deepspeed
-def test_zero3_two_processes_then_one_process_resumes_with_the_optimizer_resharded(tmp_path, reference, invoke_cli,
-                                                                                  request):
+def test_zero3_two_processes_then_one_process_resumes_with_the_optimizer_resharded(
+    tmp_path, reference, invoke_cli, request
+):
     """ZeRO-3 with every parameter partitioned over 2 CPU processes, evaluated with a reader whose number of forward
     calls differs per process; killed after step 4; resumed by one process (batch 10 for the same global batch of
     20), which re-shards the optimizer state. Checkpoints hold whole weights, equal to the one-process reference,
@@ -179,9 +209,26 @@ def test_zero3_two_processes_then_one_process_resumes_with_the_optimizer_reshard
 
     run_dir = tmp_path / "run"
     code, _, err = invoke_cli(
-        "run", "--dataset", "sample", "--split", "train", "--limit", "20", "--metrics", "em", "--no-progress",
-        "--imaginer", "toy-imaginer", "--imaginer-args", f"checkpoint={step3}",
-        "--reader", "toy-reader", "--reader-args", f"checkpoint={step3}", "--output", str(run_dir),
+        "run",
+        "--dataset",
+        "sample",
+        "--split",
+        "train",
+        "--limit",
+        "20",
+        "--metrics",
+        "em",
+        "--no-progress",
+        "--imaginer",
+        "toy-imaginer",
+        "--imaginer-args",
+        f"checkpoint={step3}",
+        "--reader",
+        "toy-reader",
+        "--reader-args",
+        f"checkpoint={step3}",
+        "--output",
+        str(run_dir),
         plugin_files=(TOY,),
     )
     assert code == 0, err
@@ -192,14 +239,21 @@ def test_zero3_two_processes_then_one_process_resumes_with_the_optimizer_reshard
     assert "world size changed 2 -> 1: DeepSpeed ZeRO-3 optimizer state re-sharded" in out
     assert_continues_like_the_reference(output, reference)
     state = json.loads((output / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
-    assert state["execution"] == {"processes": 1, "batch_size": 10, "grad_accum": ACCUM, "global_batch": GLOBAL_BATCH,
-                                  "gradient_checkpointing": False}
+    assert state["execution"] == {
+        "processes": 1,
+        "batch_size": 10,
+        "grad_accum": ACCUM,
+        "global_batch": GLOBAL_BATCH,
+        "gradient_checkpointing": False,
+    }
     assert state["examples_seen"] == STEPS * GLOBAL_BATCH
 
     (fallback / "checkpoints" / "step-000003" / "state" / "optimizer_full.safetensors").unlink()  # as older checkpoints
     out = Launcher(fallback, request, extra).finish(1)
-    assert ("world size changed 2 -> 1: step-000003 has no whole copy of the optimizer state "
-            "(state/optimizer_full.safetensors)") in out and "optimizer restarted from the saved weights" in out
+    assert (
+        "world size changed 2 -> 1: step-000003 has no whole copy of the optimizer state "
+        "(state/optimizer_full.safetensors)"
+    ) in out and "optimizer restarted from the saved weights" in out
     log = read_log(fallback)
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4, 5, 6] and log[-1]["loss"] < log[1]["loss"]
     assert log[4]["loss"] == pytest.approx(read_log(reference)[4]["loss"], rel=1e-4)  # the weights were restored
@@ -216,13 +270,16 @@ def test_zero2_one_process_then_two_resume_with_the_optimizer_resharded(tmp_path
     assert_continues_like_the_reference(output, reference)
 
 
-def test_torchrun_two_processes_then_one_resumes_with_the_whole_optimizer_state(tmp_path, reference, toy_plugins,
-                                                                                request):
+def test_torchrun_two_processes_then_one_resumes_with_the_whole_optimizer_state(
+    tmp_path, reference, toy_plugins, request
+):
     output = tmp_path / "out"
     Launcher(output, request).killed_after_step_4(2, "torchrun")
     messages = []
     train(spec(output), toy_plugins, progress=False, log=messages.append)  # one process, batch 10
-    assert any(m.startswith("world size changed 2 -> 1: without DeepSpeed the optimizer state is whole") for m in messages)
+    assert any(
+        m.startswith("world size changed 2 -> 1: without DeepSpeed the optimizer state is whole") for m in messages
+    )
     assert_continues_like_the_reference(output, reference)
 
 
@@ -243,9 +300,25 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_training(tm
         for checkpointing in (False, True):
             output = tmp_path / f"gc-{checkpointing}"
             calls.clear()
-            train(TrainSpec(dataset="sample", imaginer="none", reader="tiny-llama", reader_args={"lora_rank": 2},
-                            limit=8, steps=2, batch_size=4, lr=0.01, log_every=1, save_every=2, output=output,
-                            gradient_checkpointing=checkpointing), plugins, progress=False, log=lambda message: None)
+            train(
+                TrainSpec(
+                    dataset="sample",
+                    imaginer="none",
+                    reader="tiny-llama",
+                    reader_args={"lora_rank": 2},
+                    limit=8,
+                    steps=2,
+                    batch_size=4,
+                    lr=0.01,
+                    log_every=1,
+                    save_every=2,
+                    output=output,
+                    gradient_checkpointing=checkpointing,
+                ),
+                plugins,
+                progress=False,
+                log=lambda message: None,
+            )
             runs[checkpointing] = output, calls["LlamaAttention"]
     finally:
         handle.remove()
@@ -260,12 +333,30 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_training(tm
 
     hyper = {"model": "tiny-llama", "encoder": "hashing", "rank": 2, "hidden": 16, "feature_dims": 8}
     with pytest.raises(ConfigurationError, match="--gradient-checkpointing: recomputing the checkpointed layers"):
-        train(TrainSpec(dataset="sample", imaginer="hyperlora", reader="tiny-llama", imaginer_args=hyper, limit=16,
-                        steps=1, batch_size=4, output=tmp_path / "hyper", gradient_checkpointing=True),
-              plugins, progress=False, log=lambda message: None)
+        train(
+            TrainSpec(
+                dataset="sample",
+                imaginer="hyperlora",
+                reader="tiny-llama",
+                imaginer_args=hyper,
+                limit=16,
+                steps=1,
+                batch_size=4,
+                output=tmp_path / "hyper",
+                gradient_checkpointing=True,
+            ),
+            plugins,
+            progress=False,
+            log=lambda message: None,
+        )
 
 
 def test_gradient_checkpointing_needs_a_transformers_model(tmp_path, toy_plugins):
-    with pytest.raises(ConfigurationError, match="--gradient-checkpointing: neither imaginer 'toy-imaginer' nor reader "
-                                                 "'toy-reader' has a transformers model"):
-        train(spec(tmp_path / "out", gradient_checkpointing=True), toy_plugins, progress=False, log=lambda message: None)
+    with pytest.raises(
+        ConfigurationError,
+        match="--gradient-checkpointing: neither imaginer 'toy-imaginer' nor reader "
+        "'toy-reader' has a transformers model",
+    ):
+        train(
+            spec(tmp_path / "out", gradient_checkpointing=True), toy_plugins, progress=False, log=lambda message: None
+        )

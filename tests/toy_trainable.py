@@ -14,8 +14,8 @@ import zlib
 import torch
 
 from iagbench import ConfigurationError, Context, Imaginer, Reader, hookimpl
-from iagbench.lm.checkpoints import load_trainable
 from iagbench.contract.components import Trainable
+from iagbench.lm.checkpoints import load_trainable
 
 FEATURES = 64
 HIDDEN = 16

@@ -28,4 +28,6 @@ def assert_falls(values: list[float], *, by: float | None = None, to: float | No
     if os.environ.get("IAGBENCH_SHOW_TRENDS"):
         print(f"trend: first {first:.4f} last {last:.4f} drop {first - last:.4f} ratio {last / first:.3f}: {values}")
     limit = first - by if by is not None else first * to
-    assert last < limit, f"mean of last {window} ({last:.4f}) not below {limit:.4f} (first {window}: {first:.4f}): {values}"
+    assert last < limit, (
+        f"mean of last {window} ({last:.4f}) not below {limit:.4f} (first {window}: {first:.4f}): {values}"
+    )

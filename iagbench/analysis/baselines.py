@@ -1,16 +1,6 @@
-"""Stored baselines of benchmark runs, and the regression check against them.
+"""Stored baselines of benchmark runs (`benchmarks/baselines/<name>.json`), and the regression check against them.
 
-A baseline is a small JSON file (``benchmarks/baselines/<name>.json``) holding a run's
-aggregate scores, n, configuration hash, metric versions, date and command: no data text.
-
-The check: for each metric of the baseline, the current run regresses when
-
-    baseline - current > h,   h = (high - low) / 2
-
-where ``[low, high]`` is the percentile bootstrap interval of the *current* run's mean of that
-metric (resampling its examples with replacement, 1000 times, seed 0, 95%). So a drop smaller
-than the half-width of the current score's own 95% interval is taken as sampling noise of the
-question subset; a larger one fails.
+Design notes: docs/internals.md#iagbenchanalysisbaselinespy
 """
 
 from __future__ import annotations
@@ -23,9 +13,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from iagbench.analysis.stats import LEVEL, SAMPLES, SEED, Interval, bootstrap_interval
 from iagbench.contract.errors import IagbenchError
 from iagbench.runs.folder import diff_paths, write_json_atomic
-from iagbench.analysis.stats import LEVEL, SAMPLES, SEED, Interval, bootstrap_interval
 
 FORMAT = 1
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")

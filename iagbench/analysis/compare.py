@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iagbench.contract.errors import ConfigurationError
 from iagbench.analysis.rows import metric_columns
-from iagbench.runs.folder import RunFolder
 from iagbench.analysis.stats import LEVEL, SAMPLES, SEED, McNemar, mcnemar, paired_bootstrap
+from iagbench.contract.errors import ConfigurationError
+from iagbench.runs.folder import RunFolder
 
 FORMATS = ("text", "json")
 FLIP_METRIC = "em"
@@ -26,7 +26,7 @@ class Side:
     records: dict[str, dict[str, Any]]
 
     @classmethod
-    def load(cls, path: str | Path) -> "Side":
+    def load(cls, path: str | Path) -> Side:
         folder = RunFolder(path)
         results = folder.results()
         return cls(folder, results, {record["id"]: record for record in folder.records()})
@@ -211,11 +211,15 @@ def render(report: dict[str, Any], fmt: str = "text", *, show: int = 10) -> str:
         f"McNemar exact test on {test['metric']} ({test['n']} examples): right only in A {test['only_a']}, "
         f"right only in B {test['only_b']}, p = {test['p_value']:.4g}"
     )
-    for label, flips in (("right in B, wrong in A", report["flips"]["gained"]), ("right in A, wrong in B", report["flips"]["lost"])):
+    for label, flips in (
+        ("right in B, wrong in A", report["flips"]["gained"]),
+        ("right in A, wrong in B", report["flips"]["lost"]),
+    ):
         lines.append(f"\n{label}: {len(flips)}")
         for flip in flips[:show]:
-            lines.append(f"  {flip['id']}: {flip['question']!r}  gold {flip['answers'][:3]!r}  A {flip['a']!r}  B {flip['b']!r}")
+            lines.append(
+                f"  {flip['id']}: {flip['question']!r}  gold {flip['answers'][:3]!r}  A {flip['a']!r}  B {flip['b']!r}"
+            )
         if len(flips) > show:
             lines.append(f"  ... {len(flips) - show} more (--show N, or --format json for all)")
     return "\n".join(lines)
-

@@ -1,24 +1,7 @@
-"""An lm-evaluation-harness model that answers ``generate_until`` requests with an iagbench imaginer + reader.
+"""An lm-evaluation-harness model, ``iagbench``, registered on import, that answers ``generate_until``
+requests with an iagbench imaginer + reader; ``python -m iagbench.analysis.lm_eval_model`` is ``lm_eval`` with it.
 
-    python -m iagbench.analysis.lm_eval_model run --model iagbench \\
-        --model_args imaginer=none,reader=smollm2-135m,reader.max_new_tokens=16 \\
-        --tasks my_task --include_path my_tasks/
-
-lm-eval 0.4 has no plugin entry points for models: importing this module registers the model
-``iagbench`` (``lm_eval.api.registry.register_model``), and ``python -m iagbench.analysis.lm_eval_model``
-is the ``lm_eval`` command line with that import done first. From Python::
-
-    import iagbench.analysis.lm_eval_model, lm_eval
-    lm_eval.simple_evaluate(model="iagbench", model_args="reader=smollm2-135m", tasks=[...])
-
-Model arguments: ``imaginer=`` (default ``none``), ``reader=`` (required), ``imaginer.KEY=VALUE``
-and ``reader.KEY=VALUE`` for the components' options, ``question_regex=`` (a pattern whose
-first group is the question; default: the last ``Q:``/``Question:`` line of the prompt, or the
-whole prompt when it has none), ``batch_size=`` (lm-eval's ``--batch_size``; ``auto`` means 16).
-The reader uses its own prompt and stopping rule; lm-eval's ``until`` strings then cut the
-answer at their first occurrence, as any lm-eval model does. ``max_gen_toks`` is ignored (use
-``reader.max_new_tokens=``).
-"""
+Design notes: docs/internals.md#iagbenchanalysislm_eval_modelpy"""
 
 from __future__ import annotations
 
@@ -127,7 +110,9 @@ class IagbenchLM(LM):
             contexts = self.imaginer.imagine(batch)
             predictions = self.reader.answer(batch, contexts)
             if len(contexts) != len(batch) or len(predictions) != len(batch):
-                raise ConfigurationError(f"imaginer/reader returned a wrong number of outputs for a batch of {len(batch)}")
+                raise ConfigurationError(
+                    f"imaginer/reader returned a wrong number of outputs for a batch of {len(batch)}"
+                )
             answers.update((example.id, str(prediction)) for example, prediction in zip(batch, predictions))
         return [answers[example.id] for example in examples]
 
@@ -158,7 +143,11 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
     answers = doc.get("answers", doc.get("answer"))
     answers = [answers] if isinstance(answers, str) else list(answers)
     prediction = results[0]
-    return {"em": exact_match(prediction, answers), "f1": f1(prediction, answers), "subspan_em": subspan_em(prediction, answers)}
+    return {
+        "em": exact_match(prediction, answers),
+        "f1": f1(prediction, answers),
+        "subspan_em": subspan_em(prediction, answers),
+    }
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from iagbench.runs.folder import RunFolder
 from iagbench.analysis.rows import rows
 from iagbench.analysis.stats import LEVEL, SAMPLES, SEED, Interval, bootstrap_interval
+from iagbench.runs.folder import RunFolder
 
 
 def run_intervals(
@@ -41,7 +41,9 @@ def labels(results: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
-def figure_png(folders: Sequence[RunFolder], *, samples: int = SAMPLES, seed: int = SEED, level: float = LEVEL) -> bytes:
+def figure_png(
+    folders: Sequence[RunFolder], *, samples: int = SAMPLES, seed: int = SEED, level: float = LEVEL
+) -> bytes:
     """A grouped bar chart (a group per metric, a bar per run, error bars = bootstrap intervals) as PNG bytes."""
     import matplotlib
 
@@ -92,7 +94,7 @@ def html_report(folders: Sequence[RunFolder], png: bytes | None = None) -> str:
         out = [f"<td>{html.escape(str(value))}</td>" for value in row[:6]]
         for key, value in zip(keys, row[6:]):
             ci = found.get(key)
-            extra = f'<br><small>[{ci.low:.2f}, {ci.high:.2f}]</small>' if ci else ""
+            extra = f"<br><small>[{ci.low:.2f}, {ci.high:.2f}]</small>" if ci else ""
             out.append(f'<td class="num">{"" if value == "" else f"{value:.2f}"}{extra}</td>')
         cells.append("<tr>" + "".join(out) + "</tr>")
     head = "".join(f"<th>{html.escape(name)}</th>" for name in header)

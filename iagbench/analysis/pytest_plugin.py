@@ -1,21 +1,7 @@
 """pytest plugin (entry point ``pytest11``): benchmark runs as tests, checked against stored baselines.
+Loads in every pytest session where iagbench is installed: only the standard library and pytest at load time.
 
-Any project that installs iagbench gets, with plain ``pytest``:
-
-- the fixture ``iagbench_run(dataset=..., split=..., imaginer=..., reader=..., limit=..., ...)``: runs
-  that configuration (or reads back its finished run folder) and returns its results;
-- the fixtures ``iagbench_runs_dir`` and ``iagbench_data_dir`` (the configured folders);
-- the fixture ``iagbench_baseline(results, name)``: fails when a metric fell below the baseline
-  ``<baselines dir>/<name>.json`` by more than the half-width of the current score's bootstrap
-  interval (see ``iagbench.analysis.baselines``); with ``--iagbench-update-baselines`` it records the
-  baseline instead;
-- options ``--iagbench-update-baselines``, ``--iagbench-runs-dir``, ``--iagbench-data-dir`` and ini
-  keys ``iagbench_baselines_dir`` (default ``benchmarks/baselines``), ``iagbench_runs_dir``
-  (default ``runs``), ``iagbench_data_dir`` (relative paths are relative to the ini file).
-
-This module loads in every pytest session of every project that has iagbench installed: it
-imports nothing beyond the standard library and pytest at load time; runs import the rest.
-"""
+Design notes: docs/internals.md#iagbenchanalysispytest_pluginpy"""
 
 from __future__ import annotations
 
@@ -45,15 +31,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="record the benchmarks' current scores as their baselines instead of checking against them",
     )
-    group.addoption("--iagbench-runs-dir", metavar="DIR", help=f"run folders go here (default: ${RUNS_ENV}, ini iagbench_runs_dir, else runs)")
-    group.addoption("--iagbench-data-dir", metavar="DIR", help=f"data folder for the datasets (default: ${DATA_ENV}, ini iagbench_data_dir)")
+    group.addoption(
+        "--iagbench-runs-dir",
+        metavar="DIR",
+        help=f"run folders go here (default: ${RUNS_ENV}, ini iagbench_runs_dir, else runs)",
+    )
+    group.addoption(
+        "--iagbench-data-dir",
+        metavar="DIR",
+        help=f"data folder for the datasets (default: ${DATA_ENV}, ini iagbench_data_dir)",
+    )
     parser.addini("iagbench_baselines_dir", f"folder of baseline JSON files (default: {DEFAULT_BASELINES})", default="")
     parser.addini("iagbench_runs_dir", f"folder of benchmark run folders (default: {DEFAULT_RUNS})", default="")
     parser.addini("iagbench_data_dir", "data folder for the datasets", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "iagbench: a benchmark run checked against a stored baseline (deselect: -m 'not iagbench')")
+    config.addinivalue_line(
+        "markers", "iagbench: a benchmark run checked against a stored baseline (deselect: -m 'not iagbench')"
+    )
     config.stash[_UPDATED] = []
     config.stash[_REUSED] = []
     config.stash[_IMPROVED] = []
@@ -63,7 +59,9 @@ def _base(config: pytest.Config) -> Path:
     return config.inipath.parent if config.inipath else config.rootpath
 
 
-def _setting(config: pytest.Config, option: str, env: str | None, ini: str, default: str | None) -> tuple[Path, str] | None:
+def _setting(
+    config: pytest.Config, option: str, env: str | None, ini: str, default: str | None
+) -> tuple[Path, str] | None:
     """(resolved path, text as given): the command-line option, else the environment, else the ini key, else default."""
     given = config.getoption(option)
     if given:
@@ -124,10 +122,25 @@ def _looks_json(text: str) -> bool:
 
 def command_line(spec: Any, data_dir: str | None) -> str:
     """The `iagbench run` command that makes the same run."""
-    words = ["iagbench", "run", "--dataset", spec.dataset, "--split", spec.split, "--imaginer", spec.imaginer, "--reader", spec.reader]
+    words = [
+        "iagbench",
+        "run",
+        "--dataset",
+        spec.dataset,
+        "--split",
+        spec.split,
+        "--imaginer",
+        spec.imaginer,
+        "--reader",
+        spec.reader,
+    ]
     if spec.limit is not None:
         words += ["--limit", str(spec.limit)]
-    for flag, options in (("--dataset-args", spec.dataset_args), ("--imaginer-args", spec.imaginer_args), ("--reader-args", spec.reader_args)):
+    for flag, options in (
+        ("--dataset-args", spec.dataset_args),
+        ("--imaginer-args", spec.imaginer_args),
+        ("--reader-args", spec.reader_args),
+    ):
         options = {k: v for k, v in options.items() if not (flag == "--dataset-args" and k == "data_dir")}
         if options:
             words += [flag, _option_text(options)]
@@ -196,7 +209,19 @@ def iagbench_run(pytestconfig: pytest.Config) -> Callable[..., RunResults]:
         seed: int = 0,
     ) -> RunResults:
         key = json.dumps(
-            [dataset, split, imaginer, reader, limit, dataset_args, imaginer_args, reader_args, metrics, batch_size, seed],
+            [
+                dataset,
+                split,
+                imaginer,
+                reader,
+                limit,
+                dataset_args,
+                imaginer_args,
+                reader_args,
+                metrics,
+                batch_size,
+                seed,
+            ],
             sort_keys=True,
             default=str,
         )
@@ -274,7 +299,9 @@ def _give_data_dir(spec: Any, plugins: Any, data: tuple[Path, str] | None) -> st
     """Point the dataset at the configured data folder when it takes one and was given none; the folder as written."""
     if data and "data_dir" not in spec.dataset_args and _takes_data_dir(plugins["datasets"].get(spec.dataset)):
         if not data[0].is_dir():
-            pytest.skip(f"the data folder {data[0]} is absent (--iagbench-data-dir, ${DATA_ENV} or ini iagbench_data_dir)")
+            pytest.skip(
+                f"the data folder {data[0]} is absent (--iagbench-data-dir, ${DATA_ENV} or ini iagbench_data_dir)"
+            )
         spec.dataset_args["data_dir"] = str(data[0])
         return data[1]
     return None
@@ -303,7 +330,12 @@ def iagbench_baseline(request: pytest.FixtureRequest) -> Callable[..., list[Any]
             path = baselines_dir(config) / f"{check_name(name)}.json"
             if config.getoption("iagbench_update_baselines"):
                 baseline = make_baseline(
-                    name, results, results.config, results.records, command=results.command, metrics=metrics,
+                    name,
+                    results,
+                    results.config,
+                    results.records,
+                    command=results.command,
+                    metrics=metrics,
                     benchmark=request.node.nodeid,
                 )
                 if write_baseline(path, baseline):

@@ -7,9 +7,9 @@ import io
 import json
 from collections.abc import Sequence
 
+from iagbench.analysis.rows import FIRST_METRICS, metric_columns, rows  # noqa: F401 (FIRST_METRICS, metric_columns: still importable from here)
 from iagbench.contract.errors import ConfigurationError
 from iagbench.runs.folder import RunFolder
-from iagbench.analysis.rows import FIRST_METRICS, metric_columns, rows  # noqa: F401 (FIRST_METRICS, metric_columns: still importable from here)
 
 FORMATS = ("markdown", "csv", "latex", "json", "html")
 
@@ -23,9 +23,7 @@ def render(folders: Sequence[RunFolder], fmt: str = "markdown") -> str:
         return html_report(folders)
     header, table, versions = rows(folders)
     if fmt == "json":
-        return json.dumps(
-            {"columns": header, "rows": table, "metric_versions": versions}, indent=2, ensure_ascii=False
-        )
+        return json.dumps({"columns": header, "rows": table, "metric_versions": versions}, indent=2, ensure_ascii=False)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -1,14 +1,6 @@
-"""Statistics over per-example scores: bootstrap confidence intervals and McNemar's exact test.
+"""Statistics over per-example scores (pure functions): bootstrap confidence intervals and McNemar's exact test.
 
-Pure functions of sequences of numbers. Scores are per example (0/1 for em, [0, 1] for f1);
-means and intervals come back in the same unit, the callers turn them into percent.
-
-- ``bootstrap_interval``: percentile interval of the mean, resampling examples with
-  replacement ``samples`` times (default 1000) from a fixed seed.
-- ``paired_bootstrap``: the same for the mean of ``b - a`` over paired examples (both runs'
-  scores of one example are resampled together).
-- ``mcnemar``: exact two-sided McNemar test on the discordant pairs of two 0/1 score lists
-  (the binomial test of ``min(b, c)`` against ``Binomial(b + c, 1/2)``).
+Design notes: docs/internals.md#iagbenchanalysisstatspy
 """
 
 from __future__ import annotations
@@ -39,7 +31,7 @@ class Interval:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
-    def scaled(self, factor: float) -> "Interval":
+    def scaled(self, factor: float) -> Interval:
         """The same interval in another unit (``factor=100`` for percent)."""
         return Interval(
             self.estimate * factor, self.low * factor, self.high * factor, self.level, self.samples, self.seed, self.n

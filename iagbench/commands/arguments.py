@@ -96,13 +96,17 @@ class CommandOptions:
     def check_required(self, values: dict[str, Any]) -> None:
         for option in self.options.values():
             if option.required and values.get(option.dest) in (None, ""):
-                raise ConfigurationError(f"iagbench {self.command}: the option {option.flag} is required (or a --recipe giving it)")
+                raise ConfigurationError(
+                    f"iagbench {self.command}: the option {option.flag} is required (or a --recipe giving it)"
+                )
 
 
 # ---- shared groups ----
 
 
-def add_data_options(options: CommandOptions, *, split: str = "test", limit_help: str = "only the first N examples") -> None:
+def add_data_options(
+    options: CommandOptions, *, split: str = "test", limit_help: str = "only the first N examples"
+) -> None:
     options.add("--dataset", default="sample", help="dataset name (default: sample, the smoke-test set)")
     options.add("--split", default=split, help=f"split (default: {split})")
     options.add("--limit", type=int, help=limit_help)
@@ -170,7 +174,11 @@ def job_spec(options: CommandOptions, args: argparse.Namespace, recipe: Any = No
         non_default["recipe"] = recorded
     return JobSpec(
         command=options.command,
-        **{key: values[key] for key in ("dataset", "split", "imaginer", "reader", "limit", "output") if key in options.options},
+        **{
+            key: values[key]
+            for key in ("dataset", "split", "imaginer", "reader", "limit", "output")
+            if key in options.options
+        },
         dataset_args=dataset_args(values),
         imaginer_args=values.get("imaginer_args", {}),
         reader_args=values.get("reader_args", {}),

@@ -11,14 +11,15 @@ from iagbench.commands.arguments import CommandOptions, Invocation, add_dataset_
 from iagbench.contract.components import Dataset
 from iagbench.contract.errors import ConfigurationError
 
-
 NAME = "data"
 HELP = "export or summarise datasets"
 
 
 def configure(options: CommandOptions) -> None:
     actions = options.parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    export_options = CommandOptions(actions.add_parser("export", help="write a split as JSON lines to stdout"), "data export")
+    export_options = CommandOptions(
+        actions.add_parser("export", help="write a split as JSON lines to stdout"), "data export"
+    )
     export_options.add("dataset")
     export_options.add("--split", help="the split to write (required)")
     export_options.add("--limit", type=int)

@@ -16,7 +16,11 @@ def configure(options: CommandOptions) -> None:
     actions = options.parser.add_subparsers(dest="index_command", required=True, metavar="ACTION")
     build = CommandOptions(actions.add_parser("build", help="build (or find) the index of a corpus; print where it is, as JSON"),
                            "index build")  # fmt: skip
-    build.add("--corpus", required=True, help="DPR passages TSV, {id,title,text} JSON lines, or FlashRAG {id,contents} JSON lines")
+    build.add(
+        "--corpus",
+        required=True,
+        help="DPR passages TSV, {id,title,text} JSON lines, or FlashRAG {id,contents} JSON lines",
+    )
     build.add("--kind", required=True, metavar="IMAGINER", help="retriever whose index to build: bm25, dense or hybrid")
     build.add("--model", help="dense model: name, hub id or folder (default: all-MiniLM-L6-v2)")
     build.add("--args", default="", metavar="K=V,...", help="other retriever options (k1=, b=, normalize=...)")
@@ -34,6 +38,8 @@ def run(invocation: Invocation) -> int:
         if "model" in options:
             raise ConfigurationError("give the model once: --model or --args model=...")
         options["model"] = given("model")
-    described = index_build(invocation.plugins, given("kind"), given("corpus"), options, progress=not given("no_progress"))
+    described = index_build(
+        invocation.plugins, given("kind"), given("corpus"), options, progress=not given("no_progress")
+    )
     print(json.dumps(described, indent=2))
     return 0

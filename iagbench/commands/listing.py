@@ -6,18 +6,26 @@ from iagbench.commands.arguments import CommandOptions, Invocation
 from iagbench.contract.registry import KINDS
 
 NAME = "list"
-HELP = "list registered components (never imports torch)"
+HELP = "list registered components and plugins' commands (never imports torch)"
+COMMANDS = "commands"
 
 
 def configure(options: CommandOptions) -> None:
-    options.add("kind", nargs="?", choices=KINDS, help="one kind only")
+    options.add("kind", nargs="?", choices=(*KINDS, COMMANDS), help="one kind only")
 
 
 def run(invocation: Invocation) -> int:
     kind = getattr(invocation.args, "kind", None)
+    plugins = invocation.plugins
     for name in [kind] if kind else KINDS:
+        if name == COMMANDS:
+            continue
         print(f"{name}:")
-        for entry in invocation.plugins[name]:
+        for entry in plugins[name]:
             aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
             print(f"  {entry.name:<16} {entry.description}{aliases}  [{entry.plugin}]")
+    if kind in (None, COMMANDS):
+        print(f"{COMMANDS}:")
+        for entry in sorted(plugins.commands.values(), key=lambda entry: entry.name):
+            print(f"  {entry.name:<16} {entry.description}  [{entry.plugin}]")
     return 0

@@ -9,20 +9,45 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from iagbench.commands import (compare, data, index, listing, plugin_info, recipes, report, retrieve, run, score,
-                               train)  # fmt: skip
+from iagbench.commands import (
+    compare,
+    data,
+    index,
+    listing,
+    plugin_info,
+    recipes,
+    report,
+    retrieve,
+    run,
+    score,
+    train,  # fmt: skip
+)
 from iagbench.commands.arguments import CommandOptions, Invocation
 from iagbench.commands.logs import configure
 from iagbench.contract.errors import ConfigurationError, IagbenchError
 from iagbench.contract.plugins import Plugins, default_plugins
 from iagbench.version import __version__
 
-BUILTIN: tuple[ModuleType, ...] = (run, listing, plugin_info, recipes, score, report, compare, index, retrieve, data, train)
+BUILTIN: tuple[ModuleType, ...] = (
+    run,
+    listing,
+    plugin_info,
+    recipes,
+    score,
+    report,
+    compare,
+    index,
+    retrieve,
+    data,
+    train,
+)
 
 
 def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     """The parser of every built-in command and of the commands plugins register (``register_commands``)."""
-    parser = argparse.ArgumentParser(prog="iagbench", description="Benchmark imaginer x reader combinations on open-domain QA.")
+    parser = argparse.ArgumentParser(
+        prog="iagbench", description="Benchmark imaginer x reader combinations on open-domain QA."
+    )
     parser.add_argument("--version", action="version", version=f"iagbench {__version__}")
     add_verbosity(parser, default=0)
     # the deepspeed launcher puts --local_rank=N before the command; the rank comes from the environment anyway
@@ -30,9 +55,11 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in BUILTIN:
         _add_command(commands, module.NAME, module, module.HELP)
-    for name, command in (plugins.commands.items() if plugins else ()):
+    for name, command in plugins.commands.items() if plugins else ():
         if name in commands.choices:
-            raise ConfigurationError(f"plugin '{command.plugin}' registers command '{name}', which iagbench has already")
+            raise ConfigurationError(
+                f"plugin '{command.plugin}' registers command '{name}', which iagbench has already"
+            )
         _add_command(commands, name, command.load(), command.description)
     return parser
 

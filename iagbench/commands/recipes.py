@@ -1,26 +1,7 @@
 """Named recipes: one TOML (or JSON) file per row of the paper's table, giving `iagbench run` and `iagbench train`
-their options (``--recipe NAME|PATH``).
+their options (``--recipe NAME|PATH``), with command-line precedence and ``{name}`` placeholders.
 
-A recipe file has ``description`` (one line, for ``iagbench recipes``), ``row`` (the paper's row), optional
-``notes``, an optional ``[placeholders]`` table and a ``[run]`` and/or ``[train]`` section. A section's keys
-are the command's option names (``reader_args`` or ``reader-args`` for ``--reader-args``), checked against the
-command's option table (`iagbench.commands.arguments.CommandOptions`) and read with the option's type after the
-command line is parsed, so options added to a command work in recipes unchanged; an unknown key is an error naming
-the file, the section and the key. ``*_args`` values are tables (or
-``k=v,...`` strings). The data always comes from the command line (``--dataset``, ``--split``,
-``--data-dir``, ``--dataset-args``, ``--limit``), never from a recipe.
-
-Precedence: an option given on the command line replaces the recipe's, except ``*_args`` options, which are
-merged key by key (the command line's keys win): ``--recipe imcqa-1 --imaginer-args imagine.n=2``.
-
-Placeholders: ``{name}`` in any string value is replaced, in this order of precedence, by ``--set name=VALUE``
-(repeatable), the recipe's ``[placeholders]`` table, or the built-ins ``recipe`` (its name), ``dataset``
-(``--dataset``), ``reader`` (the section's reader after the command line), ``train_dir`` (``--train-dir``,
-``$IAGBENCH_TRAINED`` or ``trained``) and ``train_output`` (``{train_dir}/{recipe}-{dataset}``: where
-``train --recipe R`` writes and what ``run --recipe R`` loads). A placeholder without a value is an error
-naming it. An option whose value comes out empty is left out (``--set teacher_checkpoint=`` drops the
-``checkpoint=`` it fills).
-"""
+Design notes: docs/internals.md#iagbenchcommandsrecipespy"""
 
 from __future__ import annotations
 
@@ -43,8 +24,18 @@ SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "recipes"
 SECTIONS = ("run", "train")
 TOP_KEYS = {"description", "row", "notes", "placeholders", *SECTIONS}
 # The data comes from the command line only; these are the command's own or the recipe machinery's.
-NOT_IN_RECIPES = {"dataset", "split", "data_dir", "dataset_args", "limit", "recipe", "set", "help",
-                  "launcher_local_rank", "local_rank"}
+NOT_IN_RECIPES = {
+    "dataset",
+    "split",
+    "data_dir",
+    "dataset_args",
+    "limit",
+    "recipe",
+    "set",
+    "help",
+    "launcher_local_rank",
+    "local_rank",
+}
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -105,7 +96,9 @@ def load(name: str) -> Recipe:
         raise ConfigurationError(f"{path}: expected a table at the top")
     for key in content:
         if key not in TOP_KEYS:
-            raise ConfigurationError(f"{path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)} (expected: {', '.join(sorted(TOP_KEYS))})")
+            raise ConfigurationError(
+                f"{path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)} (expected: {', '.join(sorted(TOP_KEYS))})"
+            )
     for key in ("description", "row"):
         if not isinstance(content.get(key), str) or not content[key].strip():
             raise ConfigurationError(f"{path}: key '{key}': expected a non-empty string")
@@ -120,8 +113,15 @@ def load(name: str) -> Recipe:
     placeholders = content.get("placeholders", {})
     if not isinstance(placeholders, dict) or not all(isinstance(v, str) for v in placeholders.values()):
         raise ConfigurationError(f"{path}: [placeholders]: expected a table of strings")
-    return Recipe(path.stem, path, hashlib.sha256(data).hexdigest(), content["description"].strip(), content["row"].strip(),
-                  sections, dict(placeholders))
+    return Recipe(
+        path.stem,
+        path,
+        hashlib.sha256(data).hexdigest(),
+        content["description"].strip(),
+        content["row"].strip(),
+        sections,
+        dict(placeholders),
+    )
 
 
 def _did_you_mean(key: str, choices: Any) -> str:
@@ -133,8 +133,12 @@ def _did_you_mean(key: str, choices: Any) -> str:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", metavar="NAME|PATH", default=argparse.SUPPRESS,
-                        help="defaults from a recipe (iagbench recipes lists them); options given here override it")
+    parser.add_argument(
+        "--recipe",
+        metavar="NAME|PATH",
+        default=argparse.SUPPRESS,
+        help="defaults from a recipe (iagbench recipes lists them); options given here override it",
+    )
     parser.add_argument("--set", action="append", default=argparse.SUPPRESS, metavar="NAME=VALUE",
                         help="a recipe placeholder's value (repeatable)")  # fmt: skip
 
@@ -151,7 +155,9 @@ class RecipeMerge:
                 raise ConfigurationError(f"--set {item}: expected NAME=VALUE")
             self.settings[key] = value
 
-    def merge_into(self, options: Any, given: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def merge_into(
+        self, options: Any, given: dict[str, Any], defaults: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The recipe's values for ``options`` (a `CommandOptions`) the user did not give, and its record."""
         command, recipe = options.command, self.recipe
         if command not in recipe.sections:
@@ -223,8 +229,9 @@ class _Resolver:
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in self.values:
-                raise ConfigurationError(f"{self.path}: [{self.command}] {key}: placeholder {{{name}}} has no value: "
-                                         f"give --set {name}=VALUE")
+                raise ConfigurationError(
+                    f"{self.path}: [{self.command}] {key}: placeholder {{{name}}} has no value: give --set {name}=VALUE"
+                )
             return self.text(self.values[name], key, depth + 1)
 
         return PLACEHOLDER.sub(replace, text)

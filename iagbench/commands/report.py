@@ -14,7 +14,9 @@ HELP = "one table with a row per run"
 def configure(options: CommandOptions) -> None:
     options.add("runs", nargs="+", type=Path, help="run folders")
     options.add("--format", default="markdown", choices=("markdown", "csv", "latex", "json", "html"))
-    options.add("--plot", type=Path, metavar="FILE.png", help="also write a bar chart of the metrics with bootstrap CIs")
+    options.add(
+        "--plot", type=Path, metavar="FILE.png", help="also write a bar chart of the metrics with bootstrap CIs"
+    )
 
 
 def run(invocation: Invocation) -> int:

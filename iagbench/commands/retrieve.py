@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iagbench.commands.arguments import (CommandOptions, Invocation, add_batch_size, add_component_options,
-                                         add_data_options, add_progress)  # fmt: skip
+from iagbench.commands.arguments import (
+    CommandOptions,
+    Invocation,
+    add_batch_size,
+    add_component_options,
+    add_data_options,  # fmt: skip
+    add_progress,
+)
 from iagbench.commands.logs import info
 
 NAME = "retrieve"

@@ -6,8 +6,16 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from iagbench.commands.arguments import (CommandOptions, Invocation, add_batch_size, add_component_options,
-                                         add_data_options, add_progress, names, positive)  # fmt: skip
+from iagbench.commands.arguments import (
+    CommandOptions,
+    Invocation,
+    add_batch_size,
+    add_component_options,
+    add_data_options,  # fmt: skip
+    add_progress,
+    names,
+    positive,
+)
 from iagbench.commands.logs import info
 from iagbench.commands.recipes import add_recipe_arguments
 from iagbench.contract.errors import ConfigurationError
@@ -29,7 +37,9 @@ def configure(options: CommandOptions) -> None:
         "doubles while batches fit, halves and retries on out-of-memory), without CUDA 16"))  # fmt: skip
     options.add("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: 0)")
     options.add("--output", type=Path, help="run folder (default: runs/<components>__<config hash>)")
-    options.add("--runs-dir", type=Path, default=Path(os.environ.get(RUNS_ENV, "runs")), help="where default run folders go")
+    options.add(
+        "--runs-dir", type=Path, default=Path(os.environ.get(RUNS_ENV, "runs")), help="where default run folders go"
+    )
     add_progress(options)
     options.add("--wait-timeout", type=float, default=DEFAULTS["wait_timeout"], metavar="SECONDS",
                 help="under torchrun and the like: how long a process waits for the others' files without progress "

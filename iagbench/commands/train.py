@@ -8,8 +8,14 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from iagbench.commands.arguments import (CommandOptions, Invocation, add_batch_size, add_component_options,
-                                         add_data_options, add_progress)  # fmt: skip
+from iagbench.commands.arguments import (
+    CommandOptions,
+    Invocation,
+    add_batch_size,
+    add_component_options,
+    add_data_options,  # fmt: skip
+    add_progress,
+)
 from iagbench.commands.logs import info
 from iagbench.commands.recipes import add_recipe_arguments
 from iagbench.training.spec import MIXED_PRECISION, SCHEDULES, TrainSpec
@@ -28,34 +34,57 @@ DISTILLATION_HELP = (
 def configure(options: CommandOptions) -> None:
     add_data_options(options, split=DEFAULTS["split"], limit_help="only the first N training examples")
     add_component_options(options)
+    _optimization_options(options)
+    _evaluation_and_checkpoint_options(options)
+    _distillation_options(options)
+    options.add("--output", type=Path, help="output folder (default: trained/<components>__<config hash>)")
+    train_dir = Path(os.environ.get(TRAIN_DIR_ENV, "trained"))
+    options.add("--train-dir", type=Path, default=train_dir, help="where default output folders go")
+    add_progress(options)
+    add_recipe_arguments(options.parser)
+    # the deepspeed launcher may put --local_rank=N after the command too; the rank comes from the environment
+    options.parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+
+def _optimization_options(options: CommandOptions) -> None:
     add = options.add
-    options.add_exclusive((("--steps",), {"type": int, "help": "optimizer steps (default: one epoch)"}),
-                          (("--epochs",), {"type": float, "help": "epochs over the training split"}))  # fmt: skip
+    options.add_exclusive(
+        (("--steps",), {"type": int, "help": "optimizer steps (default: one epoch)"}),
+        (("--epochs",), {"type": float, "help": "epochs over the training split"}),
+    )
     add_batch_size(options, DEFAULTS["batch_size"], help="examples per process and micro-batch (default: 8)")
     add("--grad-accum", type=int, default=DEFAULTS["grad_accum"], help="micro-batches per optimizer step (default: 1)")
     add("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate of AdamW (default: 1e-4)")
-    add("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="AdamW weight decay, not on biases/norms (default: 0)")
+    decay_help = "AdamW weight decay, not on biases/norms (default: 0)"
+    add("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help=decay_help)
     add("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"], help="linear warm-up steps (default: 0)")
     add("--schedule", default=DEFAULTS["schedule"], choices=SCHEDULES, help="after warm-up (default: linear)")
-    add("--max-grad-norm", type=float, default=DEFAULTS["max_grad_norm"], help="gradient clipping, 0 for none (default: 1.0)")
-    add("--eval-every", type=int, default=DEFAULTS["eval_every"], metavar="N", help="em on --eval-split every N steps (default: 0, never)")
+    clip_help = "gradient clipping, 0 for none (default: 1.0)"
+    add("--max-grad-norm", type=float, default=DEFAULTS["max_grad_norm"], help=clip_help)
+    add("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: 0)")
+    precision = DEFAULTS["mixed_precision"]
+    add("--mixed-precision", default=precision, choices=MIXED_PRECISION, help="auto: bf16 on CUDA, else no")
+    deepspeed_help = "DeepSpeed config: configs/deepspeed/zero2.json or zero3.json"
+    add("--deepspeed", type=Path, metavar="CONFIG.json", help=deepspeed_help)
+    checkpointing_help = "recompute the transformers models' layer activations in backward (less memory, same results)"
+    add("--gradient-checkpointing", action="store_true", help=checkpointing_help)
+
+
+def _evaluation_and_checkpoint_options(options: CommandOptions) -> None:
+    add = options.add
+    every_help = "em on --eval-split every N steps (default: 0, never)"
+    add("--eval-every", type=int, default=DEFAULTS["eval_every"], metavar="N", help=every_help)
     add("--eval-split", default=DEFAULTS["eval_split"], help="evaluation split (default: dev)")
     add("--eval-limit", type=int, default=DEFAULTS["eval_limit"], help="first N evaluation examples (default: 200)")
     add("--eval-batch-size", type=int, help="examples per evaluation call (default: --batch-size)")
-    add("--save-every", type=int, default=DEFAULTS["save_every"], metavar="N", help="checkpoint every N steps and at the end (default: 500)")
-    add("--keep", type=int, default=DEFAULTS["keep"], metavar="K", help="keep the newest K checkpoints, 0 all (default: 3)")
-    add("--log-every", type=int, default=DEFAULTS["log_every"], metavar="N", help="log.jsonl line every N steps (default: 10)")
-    add("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: 0)")
-    add("--mixed-precision", default=DEFAULTS["mixed_precision"], choices=MIXED_PRECISION, help="auto: bf16 on CUDA, else no")
-    add("--deepspeed", type=Path, metavar="CONFIG.json", help="DeepSpeed config: configs/deepspeed/zero2.json or zero3.json")
-    add("--gradient-checkpointing", action="store_true",
-        help="recompute the transformers models' layer activations in backward (less memory, same results)")
-    _distillation_options(options)
-    add("--output", type=Path, help="output folder (default: trained/<components>__<config hash>)")
-    add("--train-dir", type=Path, default=Path(os.environ.get(TRAIN_DIR_ENV, "trained")), help="where default output folders go")
-    add_progress(options)
-    add_recipe_arguments(options.parser)
-    options.parser.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    save_help = "checkpoint every N steps and at the end (default: 500)"
+    add("--save-every", type=int, default=DEFAULTS["save_every"], metavar="N", help=save_help)
+    keep_help = "keep the newest K checkpoints, 0 all (default: 3)"
+    add("--keep", type=int, default=DEFAULTS["keep"], metavar="K", help=keep_help)
+    log_help = "log.jsonl line every N steps (default: 10)"
+    add("--log-every", type=int, default=DEFAULTS["log_every"], metavar="N", help=log_help)
 
 
 def _distillation_options(options: CommandOptions) -> None:
@@ -64,13 +93,42 @@ def _distillation_options(options: CommandOptions) -> None:
     add("--teacher-imaginer", group=group, help="the teacher's imaginer (default with --teacher-reader: none)")
     add("--teacher-imaginer-args", group=group, default="", metavar="K=V,...", help="teacher imaginer options")
     add("--teacher-reader", group=group, help="the teacher's reader: turns distillation on")
-    add("--teacher-reader-args", group=group, default="", metavar="K=V,...", help="teacher reader options (checkpoint=DIR)")
-    add("--alpha", group=group, type=float, default=DEFAULTS["alpha"], help="weight of the KD loss, 1 - alpha on the CE (default: 0.5)")
-    add("--temperature", group=group, type=float, default=DEFAULTS["temperature"], metavar="T0", help="initial KD temperature (default: 1.0)")
-    add("--hidden-weight", group=group, type=float, default=DEFAULTS["hidden_weight"],
-        help="cosine loss of the last decoder hidden states (default: 0)")
-    add("--attention-weight", group=group, type=float, default=DEFAULTS["attention_weight"],
-        help="MSE of the last decoder self-attention maps (default: 0)")
+    add(
+        "--teacher-reader-args",
+        group=group,
+        default="",
+        metavar="K=V,...",
+        help="teacher reader options (checkpoint=DIR)",
+    )
+    add(
+        "--alpha",
+        group=group,
+        type=float,
+        default=DEFAULTS["alpha"],
+        help="weight of the KD loss, 1 - alpha on the CE (default: 0.5)",
+    )
+    add(
+        "--temperature",
+        group=group,
+        type=float,
+        default=DEFAULTS["temperature"],
+        metavar="T0",
+        help="initial KD temperature (default: 1.0)",
+    )
+    add(
+        "--hidden-weight",
+        group=group,
+        type=float,
+        default=DEFAULTS["hidden_weight"],
+        help="cosine loss of the last decoder hidden states (default: 0)",
+    )
+    add(
+        "--attention-weight",
+        group=group,
+        type=float,
+        default=DEFAULTS["attention_weight"],
+        help="MSE of the last decoder self-attention maps (default: 0)",
+    )
 
 
 def run(invocation: Invocation) -> int:

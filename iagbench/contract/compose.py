@@ -1,14 +1,6 @@
 """Composite imaginers: ``--imaginer a+b[+c]`` merges what several imaginers give each question.
 
-Each part's passages are concatenated in part order; the adapter comes from the one part that
-gives adapters (two such parts cannot merge: refused before anything loads). Options go to parts by
-prefix, ``--imaginer-args bm25.k=5,hyperlora.rank=8``; an option without a prefix goes to every
-part that takes it (``device=cpu``), and one that no part takes is refused. The composite's
-``provides`` is the union of its parts'. A composite is trainable through its one trainable part
-(its module is the part's own, so the part loads the checkpoint with ``<part>.checkpoint=DIR``).
-
-The imaginer registry resolves ``a+b`` names through `composite_entry`, so runs, training and
-retrieval take composites wherever they take an imaginer name.
+Design notes: docs/internals.md#iagbenchcontractcomposepy
 """
 
 from __future__ import annotations
@@ -35,13 +27,17 @@ def composite_entry(registry: Any, name: str) -> Any:
     seen: dict[str, str] = {}
     for part, entry in parts:
         if entry.name in seen:
-            raise ConfigurationError(f"imaginer '{name}': '{entry.name}' appears twice (as '{seen[entry.name]}' and '{part}')")
+            raise ConfigurationError(
+                f"imaginer '{name}': '{entry.name}' appears twice (as '{seen[entry.name]}' and '{part}')"
+            )
         seen[entry.name] = part
     factory = CompositeFactory(name, tuple(_Part(written_name, entry) for written_name, entry in parts))
     canonical = SEPARATOR.join(entry.name for _, entry in parts)
     plugins = tuple(dict.fromkeys(entry.plugin for _, entry in parts))
     description = "composite: " + "; ".join(f"{entry.name}: {entry.description}" for _, entry in parts)
-    return Entry(registry.kind, canonical, factory, SEPARATOR.join(plugins), (), description, parts=tuple(e for _, e in parts))
+    return Entry(
+        registry.kind, canonical, factory, SEPARATOR.join(plugins), (), description, parts=tuple(e for _, e in parts)
+    )
 
 
 @dataclass(frozen=True)
@@ -114,7 +110,7 @@ class CompositeFactory:
             split[name].update(values)
         return split
 
-    def __call__(self, **options: Any) -> "CompositeImaginer":
+    def __call__(self, **options: Any) -> CompositeImaginer:
         split = self.split_options(options)
         built = []
         for part in self.parts:
@@ -138,7 +134,9 @@ class CompositeImaginer(Imaginer, Trainable):
         for name, part in self.parts:
             contexts = part.imagine(examples)
             if len(contexts) != len(examples):
-                raise ConfigurationError(f"imaginer '{name}' returned {len(contexts)} contexts for {len(examples)} examples")
+                raise ConfigurationError(
+                    f"imaginer '{name}' returned {len(contexts)} contexts for {len(examples)} examples"
+                )
             per_part.append(contexts)
         return [self.merge([contexts[row] for contexts in per_part]) for row in range(len(examples))]
 

@@ -22,7 +22,7 @@ class Entry:
     plugin: str
     aliases: tuple[str, ...] = ()
     description: str = ""
-    parts: tuple["Entry", ...] = ()  # a composite imaginer's parts (see iagbench.contract.compose)
+    parts: tuple[Entry, ...] = ()  # a composite imaginer's parts (see iagbench.contract.compose)
     _factory: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property

@@ -19,8 +19,8 @@ from typing import Any
 import pluggy
 
 from iagbench.contract import hookspecs
-from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.commands import CommandEntry, register_command
+from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.registry import KINDS, Registry
 
 GROUP = "iagbench"
@@ -106,7 +106,11 @@ def load_plugins(
     """
     manager = new_manager()
     distributions: dict[str, tuple[str, str]] = {}
-    files = plugin_files if plugin_files is not None else tuple(filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)))
+    files = (
+        plugin_files
+        if plugin_files is not None
+        else tuple(filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)))
+    )
     try:
         if builtins_only:
             for ep in builtin_entry_points():
@@ -139,7 +143,9 @@ def collect(manager: pluggy.PluginManager, distributions: dict[str, tuple[str, s
     return plugins
 
 
-def _register(registry: Registry, plugin: str, name: str, factory: object, *, aliases=(), description: str = "") -> None:
+def _register(
+    registry: Registry, plugin: str, name: str, factory: object, *, aliases=(), description: str = ""
+) -> None:
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"plugin '{plugin}' registered a {registry.kind[:-1]} without a name")
     if not (callable(factory) or isinstance(factory, str)):

@@ -69,7 +69,7 @@ class Answer(str):
     raw: str | None
     details: dict[str, Any]
 
-    def __new__(cls, text: str, raw: str | None = None, details: dict[str, Any] | None = None) -> "Answer":
+    def __new__(cls, text: str, raw: str | None = None, details: dict[str, Any] | None = None) -> Answer:
         answer = super().__new__(cls, text)
         answer.raw = raw
         answer.details = dict(details or {})

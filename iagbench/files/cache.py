@@ -58,5 +58,5 @@ def folder_sha256(folder: str | Path) -> str:
         relative = file.relative_to(folder).as_posix()
         if any(part.startswith(".") for part in relative.split("/")):
             continue
-        digest.update(f"{relative}\0{cached_sha256(file)}\n".encode("utf-8"))
+        digest.update(f"{relative}\0{cached_sha256(file)}\n".encode())
     return digest.hexdigest()

@@ -24,5 +24,7 @@ def json_objects(lines: Iterable[bytes | str], path: str | Path) -> Iterator[tup
             raise DataError(path, number, None, f"not valid JSON: {error.msg} (column {error.colno})") from None
         if not isinstance(record, dict):
             shown = json.dumps(record)
-            raise DataError(path, number, None, f"expected a JSON object, got {shown[:40] + '...' if len(shown) > 40 else shown}")
+            raise DataError(
+                path, number, None, f"expected a JSON object, got {shown[:40] + '...' if len(shown) > 40 else shown}"
+            )
         yield number, record

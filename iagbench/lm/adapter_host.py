@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Context
 
 
@@ -19,16 +20,21 @@ class AdapterHost:
 
     _lora: Any = None  # BatchedLoRA hooks, made at the first batch with adapters
 
-    def _adapters(self, contexts: Sequence[Context]) -> list[Any] | None:
+    def adapters_of(self, contexts: Sequence[Context]) -> list[Any] | None:
         """The batch's adapters, one per example, or None when no context has one."""
         from iagbench.lm.lora import BatchedLoRA, batch_adapters
 
         adapters = batch_adapters(contexts)
         if adapters is not None and self._lora is None:
             self._lora = BatchedLoRA(self.model, sorted(adapters[0].a))
+        elif adapters is not None:
+            extra = sorted({target for adapter in adapters for target in adapter.a} - set(self._lora.shapes))
+            if extra:
+                raise ConfigurationError(f"adapter targets {extra} were not in this reader's first adapters "
+                                         f"({sorted(self._lora.shapes)}): one reader applies one set of targets")  # fmt: skip
         return adapters
 
-    def _lora_active(self, adapters: list[Any] | None) -> Any:
+    def lora_active(self, adapters: list[Any] | None) -> Any:
         """A block in which every row of the model's batch runs with its own adapter (nothing when None)."""
         if adapters is None:
             return contextlib.nullcontext(None)

@@ -1,11 +1,6 @@
 """Checkpoints of `iagbench train`: plain trainable weights per component, found through ``latest``.
 
-A training output folder holds ``checkpoints/step-000200/`` folders, each with
-``imaginer.safetensors`` and/or ``reader.safetensors`` (the ``state_dict()`` of the component's
-``trainable_module()``), ``config.json`` (components, options, step), ``trainer_state.json`` and
-``state/`` (optimizer, scheduler and RNG states, for resuming); ``checkpoints/latest`` names the
-newest complete one. A checkpoint folder is written under a temporary name and renamed when
-complete, and ``latest`` is rewritten last, so a crash never leaves ``latest`` naming a partial one.
+Design notes: docs/internals.md#iagbenchlmcheckpointspy
 """
 
 from __future__ import annotations
@@ -106,7 +101,9 @@ def load_trainable(component: Any, checkpoint: str | Path, role: str) -> Path:
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as error:  # shapes that do not fit
-        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        first = next(
+            (line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0]
+        )
         raise ConfigurationError(f"{file}: does not fit {type(component).__name__}: {first}") from None
     return folder
 

@@ -1,13 +1,7 @@
-"""Greedy decoding that drops a row from the batch as soon as it has finished its answer.
+"""Greedy decoding that drops a row from the batch as soon as it has finished its answer, and `StaticDecoder`,
+its fixed-shape, compilable counterpart.
 
-`transformers`' `generate` keeps finished rows in the batch until the longest one ends; for short
-answers most rows finish after a few tokens, so dropping them (key/value cache included) saves most
-of the decoding work. Outputs equal `generate(do_sample=False)` up to the stop rule (tested).
-
-`StaticDecoder` (the reader's ``cache=static``, ``compile=true``) is the other way round: fixed
-shapes (a preallocated `StaticCache`, finished rows kept) so the decode step can be compiled and, on
-CUDA, replayed as a CUDA graph. Same outputs (tested).
-"""
+Design notes: docs/internals.md#iagbenchlmdecodingpy"""
 
 from __future__ import annotations
 
@@ -103,7 +97,9 @@ def check_decoding_options(cache: str, compile: Any, lora_rank: int = 0) -> None
     if not isinstance(compile, bool):
         raise ConfigurationError(f"reader option compile={compile!r}: expected true or false")
     if compile and cache != "static":
-        raise ConfigurationError("reader option compile=true needs cache=static (a dynamic cache changes shape every step)")
+        raise ConfigurationError(
+            "reader option compile=true needs cache=static (a dynamic cache changes shape every step)"
+        )
     if compile and lora_rank:
         raise ConfigurationError("reader option compile=true with lora_rank: not supported (use compile=false)")
 
@@ -168,7 +164,12 @@ class StaticDecoder:
         from transformers import StaticCache
 
         cache = self.cache
-        if cache is None or cache.layers[0].max_cache_len < length or not cache.is_initialized or cache.batch_size != batch:
+        if (
+            cache is None
+            or cache.layers[0].max_cache_len < length
+            or not cache.is_initialized
+            or cache.batch_size != batch
+        ):
             self.cache = None  # free the old one first
             cache = StaticCache(config=self.model.config, max_cache_len=static_cache_length(length))
             dtype = self.model.dtype

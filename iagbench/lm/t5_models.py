@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.contract.errors import ConfigurationError
-
 from iagbench.lm.models import ModelSource, byte_tokenizer
 
 TINY_T5_CONFIG = {
@@ -61,7 +60,9 @@ def resolve_t5(model: str) -> ModelSource:
     return ModelSource("hub", model)
 
 
-def load_t5(source: ModelSource, *, dtype: Any, device: str, seed: int = 0, tokenizer: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+def load_t5(
+    source: ModelSource, *, dtype: Any, device: str, seed: int = 0, tokenizer: str | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, info) for a source; the model is in eval mode on ``device`` in ``dtype``."""
     info = source.describe()
     if source.kind == "random":
@@ -122,7 +123,9 @@ def _from_pretrained(ref: str, dtype: Any) -> Any:
     model, loading = AutoModelForSeq2SeqLM.from_pretrained(ref, dtype=dtype, output_loading_info=True)
     missing = sorted(set(loading.get("missing_keys") or ()) - _tied_keys(model))
     if missing:
-        raise ConfigurationError(f"model '{ref}': {len(missing)} weights are missing from its files (first: {missing[0]})")
+        raise ConfigurationError(
+            f"model '{ref}': {len(missing)} weights are missing from its files (first: {missing[0]})"
+        )
     return model
 
 
@@ -169,7 +172,11 @@ def load_fid_checkpoint(folder: Path) -> Any:
     config.architectures = ["T5ForConditionalGeneration"]
     model = AutoModelForSeq2SeqLM.from_config(config)
     state = {fid_to_t5_key(key): value for key, value in read_state_dict(folder).items()}
-    ignored = {key for key in state if any(re.search(p, key) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())}
+    ignored = {
+        key
+        for key in state
+        if any(re.search(p, key) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    }
     state = {key: value for key, value in state.items() if key not in ignored}
     expected = set(model.state_dict())
     missing = sorted(expected - set(state) - _tied_keys(model))
@@ -177,7 +184,9 @@ def load_fid_checkpoint(folder: Path) -> Any:
     if missing or unexpected:
         parts = [f"missing {len(missing)} (first: {missing[0]})"] if missing else []
         parts += [f"unexpected {len(unexpected)} (first: {unexpected[0]})"] if unexpected else []
-        raise ConfigurationError(f"FiD checkpoint {folder}: weights do not fit {type(model).__name__}: {'; '.join(parts)}")
+        raise ConfigurationError(
+            f"FiD checkpoint {folder}: weights do not fit {type(model).__name__}: {'; '.join(parts)}"
+        )
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     return model

@@ -1,14 +1,6 @@
 """Prediction shards of a multi-process run, and the main process's merge of them.
 
-With ``WORLD_SIZE`` = n > 1, rank r appends its records to ``predictions.rank{r}-of-{n}.jsonl`` in
-the run folder and, before each append, rewrites ``rank{r}-of-{n}.json`` (its device and batch
-size). Rank 0 waits until every example of the run is in some predictions file, then writes
-``predictions.jsonl`` in the order of a one-process run and removes the shards. No process group:
-the files are the only channel.
-
-Resume reads every shard of every world size plus ``predictions.jsonl``, so the examples already
-predicted are skipped whatever the number of processes was before. A rank repairs only the file it
-writes (a line cut short by a crash); others skip such a line, since it may be one being written.
+Design notes: docs/internals.md#iagbenchrunsshardspy
 """
 
 from __future__ import annotations

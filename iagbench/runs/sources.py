@@ -1,11 +1,6 @@
-"""Content fingerprints of the files and folders that a component's options name.
+"""Content fingerprints of the files and folders that a component's options name (part of a run's identity).
 
-A run's identity holds its options as given; when an option names a file or a folder (a corpus,
-a model folder, ``checkpoint=<training output>``), its content belongs to the identity too, or
-editing the corpus in place, or training on so that ``latest`` moves, would read back the old
-results under the same options. Every option value that names an existing path is fingerprinted:
-a file by its sha256, a folder by its files' names and contents, a training output by the
-checkpoint its ``latest`` names. Large files are hashed once (`iagbench.files.cache.cached_sha256`).
+Design notes: docs/internals.md#iagbenchrunssourcespy
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """SQuAD answer normalisation and the answer metrics built on it, as pure functions.
 
-``normalize_answer`` follows the SQuAD v1.1 evaluation script as copied into FiD
-(``src/evaluation.py``) and DPR (``dpr/data/qa_validation.py``), which use the third-party
-``regex`` module for the article pattern. ``f1`` is the SQuAD v1.1 ``f1_score`` and
-``subspan_em`` is ``best_subspan_em`` of nelson-liu/lost-in-the-middle
-(``src/lost_in_the_middle/metrics.py``). No Unicode normalisation happens here (as in the
-references); only ``has_answer`` NFD-normalises.
+Design notes: docs/internals.md#iagbenchtextnormalizepy
 """
 
 from __future__ import annotations

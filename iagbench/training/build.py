@@ -26,11 +26,15 @@ def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[
     modules = {role: module for role, module in modules.items() if module is not None}
     names = f"imaginer '{setup.imaginer.name}' nor reader '{setup.reader.name}'"
     if not modules:
-        raise ConfigurationError(f"nothing to train: neither {names} has trainable parts (Trainable.trainable_module())")
+        raise ConfigurationError(
+            f"nothing to train: neither {names} has trainable parts (Trainable.trainable_module())"
+        )
     _check_objective(setup, imaginer, reader, modules)
     parts = torch.nn.ModuleDict(modules)
     if not any(p.requires_grad for p in parts.parameters()):
-        raise ConfigurationError(f"nothing to train: the trainable modules of neither {names} have parameters that require grad")
+        raise ConfigurationError(
+            f"nothing to train: the trainable modules of neither {names} have parameters that require grad"
+        )
     layers = enable_gradient_checkpointing((imaginer, reader), names) if spec.gradient_checkpointing else []
     distiller = _teacher(spec, setup, reader) if setup.teacher_reader is not None else None
     return imaginer, reader, parts, layers, distiller

@@ -12,6 +12,7 @@ from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Context, Example
 from iagbench.training.spec import TrainSpec
 
+
 class _Distiller:
     """Long-context distillation (ImcQA): a frozen teacher imaginer + reader scores the gold answer's tokens,
     the student reader learns ``distillation_loss`` towards it at the temperature ``temperature_at(step, T0)``.
@@ -39,6 +40,7 @@ class _Distiller:
 
     def loss(self, student: Distillable, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
         import torch
+
         from iagbench.lm.distill import distillation_loss
 
         spec = self.spec
@@ -47,7 +49,9 @@ class _Distiller:
         with torch.no_grad():
             teacher_contexts = self.imaginer.imagine(examples)
             if len(teacher_contexts) != len(examples):
-                raise ConfigurationError(f"teacher imaginer returned {len(teacher_contexts)} contexts for {len(examples)} examples")
+                raise ConfigurationError(
+                    f"teacher imaginer returned {len(teacher_contexts)} contexts for {len(examples)} examples"
+                )
             with _decoder_outputs(self.reader, "teacher reader", hidden, attention) as teacher_states:
                 teacher_logits, teacher_mask = self.reader.answer_logits(examples, teacher_contexts, targets)
         with _decoder_outputs(student, "reader", hidden, attention) as student_states:
@@ -120,11 +124,18 @@ def _decoder_outputs(reader: Any, role: str, hidden: bool, attention: bool) -> I
             if not layers or layers[-1] is None:
                 raise ConfigurationError(
                     f"--{name}-weight: the {role}'s model returned no {'hidden states' if name == 'hidden' else 'attention maps'}"
-                    + (" (load it with attn_implementation='eager' to get attention maps)" if name == "attention" else "")
+                    + (
+                        " (load it with attn_implementation='eager' to get attention maps)"
+                        if name == "attention"
+                        else ""
+                    )
                 )
             states[name] = layers[-1]
 
-    handles = [model.register_forward_pre_hook(ask, with_kwargs=True), model.register_forward_hook(keep, with_kwargs=True)]
+    handles = [
+        model.register_forward_pre_hook(ask, with_kwargs=True),
+        model.register_forward_hook(keep, with_kwargs=True),
+    ]
     try:
         yield states
     finally:
@@ -156,7 +167,9 @@ def _check_same_tokenizer(student: Reader, teacher: Reader, student_name: str, t
     ours, theirs = getattr(student, "tokenizer", None), getattr(teacher, "tokenizer", None)
     if ours is not None and theirs is not None and ours is not theirs:
         vocab = getattr(ours, "get_vocab", None)
-        same = vocab() == theirs.get_vocab() if callable(vocab) and callable(getattr(theirs, "get_vocab", None)) else True
+        same = (
+            vocab() == theirs.get_vocab() if callable(vocab) and callable(getattr(theirs, "get_vocab", None)) else True
+        )
         if not same or len(ours) != len(theirs):
             raise ConfigurationError(
                 f"distillation: reader '{student_name}' and teacher reader '{teacher_name}' have different tokenizers "

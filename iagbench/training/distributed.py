@@ -51,7 +51,7 @@ def _check_deepspeed_config(path: Path, config: dict[str, Any]) -> None:
     zero = config.get("zero_optimization") or {}
     if zero_stage(config) == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
         raise ConfigurationError(
-            f"{path}: ZeRO-3 needs \"stage3_gather_16bit_weights_on_model_save\": true in zero_optimization "
+            f'{path}: ZeRO-3 needs "stage3_gather_16bit_weights_on_model_save": true in zero_optimization '
             "(checkpoints hold the whole trainable weights, gathered from every process)"
         )
 
@@ -116,7 +116,7 @@ def _fit_micro_batch(accelerator: Any, spec: TrainSpec) -> None:
         elif micro != spec.batch_size:
             raise ConfigurationError(
                 f"DeepSpeed config: train_micro_batch_size_per_gpu={micro} but --batch-size {spec.batch_size}; "
-                "set it to \"auto\""
+                'set it to "auto"'
             )
 
 

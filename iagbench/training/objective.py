@@ -46,7 +46,9 @@ def _objective(imaginer: Imaginer, reader: Reader, parts: Any, distiller: _Disti
                 return imaginer.loss(batch.examples, [Context() for _ in batch.examples])
             contexts = imaginer.imagine(batch.examples)
             if len(contexts) != len(batch.examples):
-                raise ConfigurationError(f"imaginer returned {len(contexts)} contexts for {len(batch.examples)} examples")
+                raise ConfigurationError(
+                    f"imaginer returned {len(contexts)} contexts for {len(batch.examples)} examples"
+                )
             if distiller is not None:
                 return distiller.loss(reader, batch.examples, contexts)
             return reader.loss(batch.examples, contexts)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.contract.components import Dataset, Metric
-from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.entry import Entry
+from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Example
 
 DEFAULT_TRAIN_DIR = Path("trained")
@@ -75,16 +75,27 @@ def validate(spec: TrainSpec) -> None:
     if spec.schedule not in SCHEDULES:
         raise ConfigurationError(f"--schedule {spec.schedule}: expected one of {', '.join(SCHEDULES)}")
     if spec.mixed_precision not in MIXED_PRECISION:
-        raise ConfigurationError(f"--mixed-precision {spec.mixed_precision}: expected one of {', '.join(MIXED_PRECISION)}")
+        raise ConfigurationError(
+            f"--mixed-precision {spec.mixed_precision}: expected one of {', '.join(MIXED_PRECISION)}"
+        )
     _validate_distillation(spec)
 
 
 def _validate_counts(spec: TrainSpec) -> None:
     """Step, batch and example counts: positive integers, or 0 or more; --steps or --epochs."""
-    positive = {"batch_size": spec.batch_size, "grad_accum": spec.grad_accum, "log_every": spec.log_every,
-                "save_every": spec.save_every}
-    for name, value in {**positive, "steps": spec.steps, "limit": spec.limit, "eval_limit": spec.eval_limit,
-                        "eval_batch_size": spec.eval_batch_size}.items():
+    positive = {
+        "batch_size": spec.batch_size,
+        "grad_accum": spec.grad_accum,
+        "log_every": spec.log_every,
+        "save_every": spec.save_every,
+    }
+    for name, value in {
+        **positive,
+        "steps": spec.steps,
+        "limit": spec.limit,
+        "eval_limit": spec.eval_limit,
+        "eval_batch_size": spec.eval_batch_size,
+    }.items():
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigurationError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
     for name in ("warmup_steps", "eval_every", "keep"):
@@ -99,7 +110,9 @@ def _validate_counts(spec: TrainSpec) -> None:
 def _validate_distillation(spec: TrainSpec) -> None:
     """Distillation options only with a teacher (--teacher-reader), and then within their ranges."""
     if spec.teacher_reader is None:
-        given = [f"--{name.replace('_', '-')}" for name in DISTILLATION_OPTIONS if getattr(spec, name) != _default(name)]
+        given = [
+            f"--{name.replace('_', '-')}" for name in DISTILLATION_OPTIONS if getattr(spec, name) != _default(name)
+        ]
         if given:
             raise ConfigurationError(f"{', '.join(given)}: distillation options need a teacher (--teacher-reader)")
         return

@@ -74,5 +74,9 @@ class _Layout:
         return stream.take(start, self.batch_size)
 
     def describe(self) -> dict[str, int]:
-        return {"processes": self.processes, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                "global_batch": self.global_batch}
+        return {
+            "processes": self.processes,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "global_batch": self.global_batch,
+        }

@@ -7,17 +7,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from iagbench.contract.components import Imaginer, Reader, Trainable
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.plugins import Plugins
+from iagbench.lm.checkpoints import CHECKPOINTS, latest_checkpoint, load_trainable, remove_partial
 from iagbench.runs.folder import config_hash, folder_name, read_json
 from iagbench.runs.runner import Resolved, check_compatible, load_examples, plugin_versions
 from iagbench.training.build import _build
-from iagbench.lm.checkpoints import CHECKPOINTS, latest_checkpoint, load_trainable, remove_partial
 from iagbench.training.distributed import (
     _launch_env,
     _release,
@@ -65,7 +65,9 @@ def train(
     saved_env = _launch_env()
     accelerator = make_accelerator(spec, setup.deepspeed_config, setup.mixed_precision)
     try:
-        return _train(spec, plugins, setup, accelerator, progress, log if accelerator.is_main_process else _quiet, non_default)
+        return _train(
+            spec, plugins, setup, accelerator, progress, log if accelerator.is_main_process else _quiet, non_default
+        )
     finally:
         _release(accelerator, saved_env)
 
@@ -159,9 +161,25 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
     accelerator.wait_for_everyone()
 
     trainer = _Trainer(
-        spec, accelerator, model, optimizer, scheduler, imaginer, reader, plan.stream, plan.layout, plan.output,
-        plan.total, plan.ident, plan.digest, setup.em, setup.eval_examples, setup.deepspeed_config is not None,
-        zero_stage(setup.deepspeed_config), checkpointed, distiller,
+        spec,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        imaginer,
+        reader,
+        plan.stream,
+        plan.layout,
+        plan.output,
+        plan.total,
+        plan.ident,
+        plan.digest,
+        setup.em,
+        setup.eval_examples,
+        setup.deepspeed_config is not None,
+        zero_stage(setup.deepspeed_config),
+        checkpointed,
+        distiller,
     )
     if setup.em is not None and resume.step == 0:
         trainer.log({"step": 0, **trainer.evaluate()})
@@ -236,7 +254,7 @@ def _train_config(spec: TrainSpec, setup: _Setup, plan: _Plan, non_default: dict
         "eval": {"split": spec.eval_split, "limit": spec.eval_limit, "every": spec.eval_every} if setup.em else None,
         "iagbench_version": __version__,
         "non_default_options": non_default or {},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -252,12 +270,16 @@ def _restore(accelerator: Any, model: Any, scheduler: Any, resume: _Resume, layo
     return False
 
 
-def _announce(spec: TrainSpec, setup: _Setup, plan: _Plan, resume: _Resume, restored: bool, say: Callable[[str], None]) -> None:
+def _announce(
+    spec: TrainSpec, setup: _Setup, plan: _Plan, resume: _Resume, restored: bool, say: Callable[[str], None]
+) -> None:
     """Say what this session does: train from the start, or resume (and how, if the world size changed)."""
     layout, output = plan.layout, plan.output
     if resume.checkpoint is None:
-        say(f"training {output}: {plan.total} steps of {layout.global_batch} examples ({spec.batch_size} x "
-            f"{layout.processes} process(es) x {spec.grad_accum}), {len(setup.examples)} examples")
+        say(
+            f"training {output}: {plan.total} steps of {layout.global_batch} examples ({spec.batch_size} x "
+            f"{layout.processes} process(es) x {spec.grad_accum}), {len(setup.examples)} examples"
+        )
         return
     name = resume.checkpoint.name
     say(f"resuming {output} from {name} (step {resume.step} of {plan.total}) with {layout.processes} process(es)")
@@ -267,10 +289,14 @@ def _announce(spec: TrainSpec, setup: _Setup, plan: _Plan, resume: _Resume, rest
     if setup.deepspeed_config is None:
         say(f"{change}: without DeepSpeed the optimizer state is whole on every process and loads as saved")
     elif restored:
-        say(f"{change}: DeepSpeed ZeRO-{zero_stage(setup.deepspeed_config)} optimizer state re-sharded from "
-            f"the checkpoint's whole fp32 weights and AdamW moments ({STATE}/{OPTIMIZER_FULL})")
+        say(
+            f"{change}: DeepSpeed ZeRO-{zero_stage(setup.deepspeed_config)} optimizer state re-sharded from "
+            f"the checkpoint's whole fp32 weights and AdamW moments ({STATE}/{OPTIMIZER_FULL})"
+        )
     else:
-        say(f"{change}: {name} has no whole copy of the optimizer state ({STATE}/{OPTIMIZER_FULL}) "
+        say(
+            f"{change}: {name} has no whole copy of the optimizer state ({STATE}/{OPTIMIZER_FULL}) "
             f"and DeepSpeed's, saved by {resume.processes} process(es), does not load into {layout.processes}: "
             "optimizer restarted from the saved weights (AdamW moments reset; the learning-rate schedule "
-            "continues)")
+            "continues)"
+        )

@@ -15,10 +15,18 @@ from typing import Any
 from iagbench.contract.components import Imaginer, Metric, Reader
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Example
+from iagbench.lm.checkpoints import (
+    CHECKPOINTS,
+    ROLES,
+    prune,
+    save_weights,
+    step_folder_name,
+    weights_file,
+    write_latest,
+)
 from iagbench.runs.folder import write_json_atomic
 from iagbench.runs.runner import batches
 from iagbench.runs.scoring import score_example
-from iagbench.lm.checkpoints import CHECKPOINTS, ROLES, prune, save_weights, step_folder_name, weights_file, write_latest
 from iagbench.training.distill import _Distiller
 from iagbench.training.folder import LOG, STATE, TRAINER_STATE, _execution
 from iagbench.training.objective import _Batch, _trainable
@@ -126,7 +134,9 @@ class _Trainer:
             raise RuntimeError(f"step {step}: gradient accumulation is out of step with accelerate")
         return losses, parts
 
-    def _progress(self, step: int, lr: float, losses: list[Any], parts: list[dict[str, Any]], meter: _Meter) -> dict[str, Any]:
+    def _progress(
+        self, step: int, lr: float, losses: list[Any], parts: list[dict[str, Any]], meter: _Meter
+    ) -> dict[str, Any]:
         """The log record of a logged step: the loss (and its parts) averaged over micro-batches and processes,
         lr, examples/s since the last logged step, this process's peak GPU memory since the start on CUDA."""
         import torch
@@ -194,9 +204,13 @@ class _Trainer:
                     contexts = self.imaginer.imagine(batch)
                     answers = self.reader.answer(batch, contexts)
                     if len(contexts) != len(batch) or len(answers) != len(batch):
-                        raise ConfigurationError(f"evaluation: {len(contexts)} contexts, {len(answers)} answers for {len(batch)} examples")
+                        raise ConfigurationError(
+                            f"evaluation: {len(contexts)} contexts, {len(answers)} answers for {len(batch)} examples"
+                        )
                     for example, context, answer in zip(batch, contexts, answers):
-                        scores.append(score_example([self.em], str(answer), example.answers, context.passages).get("em", 0.0))
+                        scores.append(
+                            score_example([self.em], str(answer), example.answers, context.passages).get("em", 0.0)
+                        )
         finally:
             self._mode(True)
         gathered = gather_object([scores[: len(mine)]])
@@ -242,7 +256,7 @@ class _Trainer:
         files = {}
         for role in ROLES:
             prefix = f"parts.{role}."
-            weights = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+            weights = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
             if weights:
                 save_weights(weights, folder / weights_file(role))
                 files[role] = weights_file(role)
@@ -254,20 +268,26 @@ class _Trainer:
         layout = self.layout
         seen = step * layout.global_batch
         epoch, index = self.stream.position(seen)
-        write_json_atomic(folder / "config.json", {
-            "step": step,
-            "total_steps": self.total,
-            "imaginer": {**self.ident["imaginer"], "weights": files.get("imaginer")},
-            "reader": {**self.ident["reader"], "weights": files.get("reader")},
-            "train_config_hash": self.digest,
-            "iagbench_version": __version__,
-        })
-        write_json_atomic(folder / TRAINER_STATE, {
-            "step": step,
-            "epoch": epoch,
-            "index_in_epoch": index,
-            "examples_seen": seen,
-            "processes": layout.processes,
-            "execution": _execution(self.spec, layout),
-            "last_log": self.last,
-        })
+        write_json_atomic(
+            folder / "config.json",
+            {
+                "step": step,
+                "total_steps": self.total,
+                "imaginer": {**self.ident["imaginer"], "weights": files.get("imaginer")},
+                "reader": {**self.ident["reader"], "weights": files.get("reader")},
+                "train_config_hash": self.digest,
+                "iagbench_version": __version__,
+            },
+        )
+        write_json_atomic(
+            folder / TRAINER_STATE,
+            {
+                "step": step,
+                "epoch": epoch,
+                "index_in_epoch": index,
+                "examples_seen": seen,
+                "processes": layout.processes,
+                "execution": _execution(self.spec, layout),
+                "last_log": self.last,
+            },
+        )

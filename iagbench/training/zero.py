@@ -95,7 +95,9 @@ def _start_adamw_state(zero: Any, step: float) -> None:
     base = zero.optimizer
     flats = getattr(zero, "fp32_partitioned_groups_flat", None)  # ZeRO-3
     if flats is None:  # ZeRO-1/2
-        flats = getattr(zero, "single_partition_of_fp32_groups", None) or [p for g in base.param_groups for p in g["params"]]
+        flats = getattr(zero, "single_partition_of_fp32_groups", None) or [
+            p for g in base.param_groups for p in g["params"]
+        ]
     on_device = base.defaults.get("capturable") or base.defaults.get("fused")
     for flat in flats:
         state = base.state[flat]

@@ -1,18 +1,7 @@
-"""Readers for the question files of open-domain QA, each a generator of ``Example``.
+"""Readers for the question files of open-domain QA (``dpr-csv``, ``jsonl``, ``json``), each a generator of
+``Example``.
 
-Formats (``format=`` names):
-
-- ``dpr-csv``: DPR's ``*.qa.csv``: TAB-separated ``question<TAB>['a1', 'a2']`` with csv quoting;
-  the answer column is a Python-literal list of strings.
-- ``jsonl``: JSON lines, one record per line (NQ-open, DPR WebQ, FiD/DPR files with ``ctxs``).
-- ``json``: one JSON array of records (WebQuestions, FiD/DPR files).
-
-A JSON record is ``{"question", "answers" | "answer", "id"?, "ctxs"?}``; WebQuestions' names
-``qText`` and ``qId`` stand for ``question`` and ``id``. ``ctxs`` entries are
-``{"title", "text", "id"?, "score"?}`` and become ``Passage``s. Any file may be gzip-compressed
-(``.gz``). A malformed record raises ``DataError`` naming the file, the 1-based physical line
-where the record starts, and the field.
-"""
+Design notes: docs/internals.md#pluginsdatasetsformatspy"""
 
 from __future__ import annotations
 
@@ -113,7 +102,9 @@ def _passage(ctx: Any, field: str) -> Passage:
         raise RecordError(f"{field}.text", f"expected a string, got {_show(text)}")
     if not isinstance(title, str):
         raise RecordError(f"{field}.title", f"expected a string, got {_show(title)}")
-    return Passage(text=text, title=title, id=check_id(ctx.get("id"), f"{field}.id"), score=_score(ctx.get("score"), field))
+    return Passage(
+        text=text, title=title, id=check_id(ctx.get("id"), f"{field}.id"), score=_score(ctx.get("score"), field)
+    )
 
 
 def _score(value: Any, field: str) -> float | None:
@@ -262,7 +253,9 @@ def _array_items(text: str, path: str | Path) -> Iterator[tuple[int, Any]]:
             closed = True
         else:
             found = "the end of the file" if pos == len(text) else repr(text[pos])
-            raise DataError(path, line_at(pos), None, f"invalid JSON: expected ',' or ']' after a record, found {found}")
+            raise DataError(
+                path, line_at(pos), None, f"invalid JSON: expected ',' or ']' after a record, found {found}"
+            )
     extra = _WHITESPACE.match(text, pos + 1).end()
     if extra < len(text):
         raise DataError(path, line_at(extra), None, "invalid JSON: extra data after the array")

@@ -65,7 +65,9 @@ class QADataset(Dataset):
         cache_dir: str | None = None,
     ):
         if source not in SOURCES:
-            raise ConfigurationError(f"dataset '{self.name}': source must be one of {', '.join(SOURCES)}, not '{source}'")
+            raise ConfigurationError(
+                f"dataset '{self.name}': source must be one of {', '.join(SOURCES)}, not '{source}'"
+            )
         if source == "hub" and path:
             raise ConfigurationError(f"dataset '{self.name}': pass either path= or source=hub, not both")
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
@@ -117,7 +119,9 @@ class QADataset(Dataset):
         if self.paths:
             missing = [p for p in self.paths if not p.is_file()]
             if missing:
-                raise ConfigurationError(f"dataset '{self.name}' split '{split}': file {missing[0].resolve()} does not exist")
+                raise ConfigurationError(
+                    f"dataset '{self.name}' split '{split}': file {missing[0].resolve()} does not exist"
+                )
             return self.paths
         if split not in self.layout:
             raise ConfigurationError(
@@ -134,7 +138,9 @@ class QADataset(Dataset):
         paths = [root / name for name in relative]
         for p in paths:
             if not p.is_file():
-                raise ConfigurationError(f"dataset '{self.name}' split '{split}': expected file {p.resolve()} does not exist")
+                raise ConfigurationError(
+                    f"dataset '{self.name}' split '{split}': expected file {p.resolve()} does not exist"
+                )
         return paths
 
     def _read_files(self, paths: list[Path], ids: StableIds) -> Iterator[Example]:
@@ -176,7 +182,9 @@ class NaturalQuestions(QADataset):
 
     name = "nq"
     layout = {
-        "test": Split(("nq/NQ-open.dev.jsonl",), "NQ-open evaluation set (3,610), the test split of open-domain QA papers"),
+        "test": Split(
+            ("nq/NQ-open.dev.jsonl",), "NQ-open evaluation set (3,610), the test split of open-domain QA papers"
+        ),
         "dev": Split(("nq/NQ-open.efficientqa.dev.1.1.jsonl",), "EfficientQA dev (1,800)"),
         "train": Split(
             ("nq/nq-dev.qa.csv",),
@@ -260,5 +268,7 @@ class FidJson(QADataset):
 
     def hub_target(self, split: str) -> tuple[str, str | None, str]:
         if not self.hub_id:
-            raise ConfigurationError(f"dataset '{self.name}' reads local files; pass path=FILE, or hub_id= with source=hub")
+            raise ConfigurationError(
+                f"dataset '{self.name}' reads local files; pass path=FILE, or hub_id= with source=hub"
+            )
         return super().hub_target(split)

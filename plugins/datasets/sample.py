@@ -52,12 +52,20 @@ class Sample(Dataset):
         files = []
         for name in (QUESTIONS, PASSAGES):
             with self._file(name) as path:
-                files.append({"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": "jsonl"})
+                files.append(
+                    {
+                        "path": str(path.resolve()),
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                        "format": "jsonl",
+                    }
+                )
         return {"source": "files", "files": files, "note": NOTE}
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise ConfigurationError(f"dataset '{self.name}' has no split '{split}'; known splits: {', '.join(self.splits)}")
+            raise ConfigurationError(
+                f"dataset '{self.name}' has no split '{split}'; known splits: {', '.join(self.splits)}"
+            )
 
     def _file(self, name: str) -> Any:
         """A context manager giving a real path to one data file, or a ConfigurationError if it is missing."""

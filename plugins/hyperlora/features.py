@@ -32,18 +32,24 @@ class SentenceEncoder:
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(name_or_path, device=device)
-        self.dims = (getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension)()
+        self.dims = (
+            getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        )()
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.no_grad():
-            return self.model.encode(list(texts), convert_to_tensor=True, batch_size=64, show_progress_bar=False).float().cpu()
+            return (
+                self.model.encode(list(texts), convert_to_tensor=True, batch_size=64, show_progress_bar=False)
+                .float()
+                .cpu()
+            )
 
 
 def build_encoder(encoder: str, device: str) -> Any:
     """``hashing``, ``minilm`` (the all-MiniLM-L6-v2 wheel), or any model the `dense` retriever resolves."""
     if encoder == "hashing":
         return HashingEncoder()
-    from iagbench.lm.encoders import DEFAULT_MODEL, resolve_model
+    from iagbench.lm.encoders import DEFAULT_MODEL, resolve_encoder
 
-    _, folder = resolve_model(DEFAULT_MODEL if encoder == "minilm" else encoder)
+    _, folder = resolve_encoder(DEFAULT_MODEL if encoder == "minilm" else encoder)
     return SentenceEncoder(str(folder), device)

@@ -24,7 +24,9 @@ class Whitening(nn.Module):
         features = features.double()
         out_dims = self.projection.shape[1]
         if features.shape[0] <= out_dims:
-            raise ValueError(f"whitening to {out_dims} dimensions needs more than {out_dims} examples, got {features.shape[0]}")
+            raise ValueError(
+                f"whitening to {out_dims} dimensions needs more than {out_dims} examples, got {features.shape[0]}"
+            )
         mean = features.mean(0)
         covariance = torch.cov((features - mean).T)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
@@ -87,7 +89,10 @@ class HyperNetwork(nn.Module):
         super().__init__()
         self.whitening = Whitening(encoder_dims, feature_dims)
         self.heads = nn.ModuleDict(
-            {kind: LoRAHead(feature_dims, layers, d_in, d_out, rank, hidden, layer_dims) for kind, (layers, d_in, d_out) in shapes.items()}
+            {
+                kind: LoRAHead(feature_dims, layers, d_in, d_out, rank, hidden, layer_dims)
+                for kind, (layers, d_in, d_out) in shapes.items()
+            }
         )
 
     def forward(self, encoded: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

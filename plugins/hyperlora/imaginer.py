@@ -10,45 +10,11 @@ import torch
 from iagbench import ConfigurationError, Context, Example, Imaginer
 from iagbench.contract.components import Trainable
 from iagbench.lm.devices import pick_device
-
 from iagbench.lm.lora import LoRAAdapter, architecture_of, target_shapes
+from iagbench.lm.skeletons import reader_skeleton
+
 from .features import build_encoder
 from .hypernetwork import HyperNetwork
-
-
-def reader_skeleton(model: str) -> torch.nn.Module:
-    """The reader's model built on the meta device from its configuration (no weights are loaded).
-
-    ``model`` is what the reader's ``model=`` takes: a T5/FiD preset (``fid-tiny``, ``fid-t5-base``...),
-    a causal-LM preset (``tiny-llama``, ``smollm2-135m``...), a folder (a FiD checkpoint folder too)
-    or a hub id; encoder-decoder configurations give a T5 skeleton, the others a causal LM.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, LlamaConfig, T5Config
-
-    from iagbench.lm.models import resolve_model
-    from iagbench.lm.t5_models import T5_PRESETS, resolve_t5
-
-    source = resolve_t5(model) if model in T5_PRESETS else resolve_model(model)
-    try:
-        if source.kind == "random":
-            config_class = T5Config if model in T5_PRESETS else LlamaConfig
-            config = config_class(vocab_size=259, **source.config)  # the byte tokenizer's; no target depends on it
-        elif source.kind == "gguf":
-            config = AutoConfig.from_pretrained(source.ref, gguf_file=source.gguf_file)
-        else:
-            config = AutoConfig.from_pretrained(source.ref)
-    except OSError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigurationError(f"hyperlora option model={model!r}: cannot read its configuration: {first_line}") from None
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    with torch.device("meta"):
-        return auto.from_config(config)
-
-
-def model_shapes(model: str, targets: Sequence[str] | None = None) -> dict[str, tuple[int, int, int]]:
-    """Target shapes of a reader model (its architecture's default targets if none are given)."""
-    skeleton = reader_skeleton(model)
-    return target_shapes(skeleton, targets or architecture_of(skeleton).default_targets)
 
 
 def parse_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
@@ -86,9 +52,18 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         del skeleton
         self.encoder_name = encoder
         self.encoder = build_encoder(encoder, self.device)
-        self.settings = {"model": model, "architecture": self.architecture, "targets": list(self.targets), "rank": rank, "hidden": hidden,
-                         "feature_dims": feature_dims, "encoder": encoder}
-        self.network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden).to(self.device)
+        self.settings = {
+            "model": model,
+            "architecture": self.architecture,
+            "targets": list(self.targets),
+            "rank": rank,
+            "hidden": hidden,
+            "feature_dims": feature_dims,
+            "encoder": encoder,
+        }
+        self.network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden).to(
+            self.device
+        )
         self.checkpoint = checkpoint
         if checkpoint:
             from iagbench.lm.checkpoints import load_trainable
@@ -101,12 +76,18 @@ class HyperLoRAImaginer(Imaginer, Trainable):
 
     def describe(self) -> dict[str, Any]:
         parameters = sum(p.numel() for p in self.network.parameters())
-        return {**self.settings, "parameters": parameters, "checkpoint": self.checkpoint,
-                "whitening_fitted": bool(self.network.whitening.fitted)}
+        return {
+            **self.settings,
+            "parameters": parameters,
+            "checkpoint": self.checkpoint,
+            "whitening_fitted": bool(self.network.whitening.fitted),
+        }
 
     def prepare(self, examples: Sequence[Example]) -> None:
         """Fit the PCA whitening on the questions of the whole training set (once, before training)."""
-        encoded = torch.cat([self.encoder([e.question for e in examples[i : i + 256]]) for i in range(0, len(examples), 256)])
+        encoded = torch.cat(
+            [self.encoder([e.question for e in examples[i : i + 256]]) for i in range(0, len(examples), 256)]
+        )
         self.network.whitening.fit(encoded.to(self.device))
 
     def imagine(self, examples: Sequence[Example]) -> list[Context]:
@@ -119,6 +100,10 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         with torch.set_grad_enabled(self.network.training):  # gradients only while training
             weights = self.network(encoded)
         return [
-            Context(adapter=LoRAAdapter({k: a[row] for k, (a, _) in weights.items()}, {k: b[row] for k, (_, b) in weights.items()}))
+            Context(
+                adapter=LoRAAdapter(
+                    {k: a[row] for k, (a, _) in weights.items()}, {k: b[row] for k, (_, b) in weights.items()}
+                )
+            )
             for row in range(len(examples))
         ]

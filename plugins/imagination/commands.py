@@ -1,31 +1,32 @@
 """`iagbench compress`: question -> compressed-context training pairs for the `imagine` imaginer, resumable.
 
-For each question of a dataset split, the passages of any imaginer that provides them (``bm25``,
-``given``, a composite) are compressed question-aware to about ``--target-tokens`` tokens
-(`.compress`), and one JSON line is appended per question:
-``{"id", "question", "answers", "compressed", "source_ids", "tokens", ...}``. The settings are kept
-in ``<output>.config.json``; the same command again skips the ids already written (a line cut short
-by a crash is dropped and redone), and other settings on the same file are refused.
+Design notes: docs/internals.md#pluginsimaginationcommandspy
 """
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from iagbench.commands.arguments import (CommandOptions, Invocation, add_batch_size, add_component_options,
-                                         add_data_options, add_progress)  # fmt: skip
+from iagbench.commands.arguments import (
+    CommandOptions,
+    Invocation,
+    add_batch_size,
+    add_component_options,
+    add_data_options,  # fmt: skip
+    add_progress,
+)
 from iagbench.commands.logs import info
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.job import JobSpec
 from iagbench.contract.plugins import Plugins
+from iagbench.runs.folder import append_records, check_configuration, read_json, read_records, write_json_atomic
 from iagbench.runs.passages import imagined_batches, passage_source
 from iagbench.runs.runner import EXECUTION_KEYS
-from iagbench.runs.folder import append_records, check_configuration, read_json, read_records, write_json_atomic
 
 
 def configure(options: CommandOptions) -> None:
@@ -65,24 +66,18 @@ def compress(
 
     ``compressor`` (tests) replaces the `Compressor` built from ``compressor_options``.
     """
-    from tqdm.auto import tqdm
+    from .compress import Compressor
 
-    from .compress import VERSION, Compressor
-
-    output, batch_size = job.output, job.settings["batch_size"]
-
+    output = job.output
     options = {"model": "smollm2-135m", "target_tokens": 64, "granularity": "sentence", **(compressor_options or {})}
-    identity = {
-        "dataset": {"name": plugins["datasets"].get(job.dataset).name, "split": job.split,
-                    "options": {k: v for k, v in job.dataset_args.items() if k not in EXECUTION_KEYS}},
-        "imaginer": {"name": plugins["imaginers"].get(job.imaginer).name, "options": job.imaginer_args},
-        "compressor": {**options, "version": VERSION},
-    }
+    identity = _identity(plugins, job, options)
     config = config_path(output)
     if config.exists():
         check_configuration(config, read_json(config), identity, {}, "compression configuration")
     elif output.exists() and output.stat().st_size:
-        raise ConfigurationError(f"{output} exists without {config.name}: not a pairs file of iagbench compress; choose another --output")
+        raise ConfigurationError(
+            f"{output} exists without {config.name}: not a pairs file of iagbench compress; choose another --output"
+        )
     examples, source = passage_source(plugins, job, purpose="compress")
     done = {record["id"] for record in read_records(output, tail="repair")}
     todo = [example for example in examples if example.id not in done]
@@ -92,23 +87,51 @@ def compress(
         compressor = compressor or Compressor(**options)
         if not config.exists():
             output.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(config, {"identity": identity, "compressor": compressor.describe(), "source": source.describe()})
-        log(f"compressing {len(todo)} of {len(examples)} questions into {output} ({len(examples) - len(todo)} already there)")
-        with tqdm(total=len(examples), initial=len(examples) - len(todo), disable=not job.progress, desc="compressing", unit="q") as bar:
-            for batch, contexts in imagined_batches(source, todo, batch_size):
-                records = []
-                for example, context in zip(batch, contexts):
-                    pair = compressor.compress(example.question, context.passages)
-                    tokens.append(pair["tokens"])
-                    records.append({"id": example.id, "question": example.question, "answers": list(example.answers), **pair})
-                append_records(output, records)
-                bar.update(len(batch))
-    seconds = time.perf_counter() - started
+            described = {"identity": identity, "compressor": compressor.describe(), "source": source.describe()}
+            write_json_atomic(config, described)
+        already = len(examples) - len(todo)
+        log(f"compressing {len(todo)} of {len(examples)} questions into {output} ({already} already there)")
+        tokens = _write_pairs(job, source, compressor, examples, todo)
     return {
         "output": str(output),
         "questions": len(examples),
         "written": len(todo),
         "already_there": len(examples) - len(todo),
         "mean_tokens_written": round(sum(tokens) / len(tokens), 2) if tokens else None,
-        "seconds": round(seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _identity(plugins: Plugins, job: JobSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """What makes a pairs file what it is: the questions, where the passages come from, the compressor."""
+    from .compress import VERSION
+
+    dataset = {
+        "name": plugins["datasets"].get(job.dataset).name,
+        "split": job.split,
+        "options": {k: v for k, v in job.dataset_args.items() if k not in EXECUTION_KEYS},
+    }
+    imaginer = {"name": plugins["imaginers"].get(job.imaginer).name, "options": job.imaginer_args}
+    return {"dataset": dataset, "imaginer": imaginer, "compressor": {**options, "version": VERSION}}
+
+
+def _write_pairs(job: JobSpec, source: Any, compressor: Any, examples: list[Any], todo: list[Any]) -> list[int]:
+    """Compress and append the pairs of ``todo``, a batch at a time; the compressed token counts."""
+    from tqdm.auto import tqdm
+
+    tokens: list[int] = []
+    progress = tqdm(
+        total=len(examples), initial=len(examples) - len(todo), disable=not job.progress, desc="compressing", unit="q"
+    )
+    with progress as bar:
+        for batch, contexts in imagined_batches(source, todo, job.settings["batch_size"]):
+            records = []
+            for example, context in zip(batch, contexts):
+                pair = compressor.compress(example.question, context.passages)
+                tokens.append(pair["tokens"])
+                records.append(
+                    {"id": example.id, "question": example.question, "answers": list(example.answers), **pair}
+                )
+            append_records(job.output, records)
+            bar.update(len(batch))
+    return tokens

@@ -1,12 +1,6 @@
 """Question-aware compression of retrieved passages (LongLLMLingua's coarse-grained ranking, our implementation).
 
-Each unit (a sentence, or a whole passage) is scored by how likely a causal LM finds the question
-after it: the mean log-probability of the tokens of ``question + " " + RESTRICT`` given the unit (with
-its passage title), as LongLLMLingua ranks documents by the perplexity of the question and its
-restrictive statement conditioned on each document. Units are taken best first while they fit the
-token budget (``target_tokens``, counted on the unit text with the scoring model's tokenizer; a unit
-that does not fit is skipped and smaller ones may still come in), and kept in their original order.
-If not even the best unit fits, it is cut to the budget. No token-level (fine-grained) pruning.
+Design notes: docs/internals.md#pluginsimaginationcompresspy
 """
 
 from __future__ import annotations
@@ -22,7 +16,9 @@ RESTRICT = "We can get the answer to this question in the given documents."
 VERSION = "1"  # bump when the scoring text, the unit split or the selection changes
 GRANULARITIES = ("sentence", "passage")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
-_ABBREVIATION = re.compile(r"(?:^|[\s(])(?:[A-Z]|Mr|Mrs|Ms|Dr|St|Mt|Jr|Sr|Prof|Gen|Col|Capt|Lt|Sgt|No|vs|etc|e\.g|i\.e|U\.S)\.$")
+_ABBREVIATION = re.compile(
+    r"(?:^|[\s(])(?:[A-Z]|Mr|Mrs|Ms|Dr|St|Mt|Jr|Sr|Prof|Gen|Col|Capt|Lt|Sgt|No|vs|etc|e\.g|i\.e|U\.S)\.$"
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,9 @@ class Compressor:
         self.target_tokens = check_positive(target_tokens, "target_tokens", "compress")
         self.batch_size = check_positive(batch_size, "batch_size", "compress")
         if granularity not in GRANULARITIES:
-            raise ConfigurationError(f"compress option granularity={granularity!r}: expected one of {', '.join(GRANULARITIES)}")
+            raise ConfigurationError(
+                f"compress option granularity={granularity!r}: expected one of {', '.join(GRANULARITIES)}"
+            )
         self.granularity = granularity
         self.lm = CausalLM(model, dtype=dtype, device=device)
         self.scorer: Scorer = scorer or self.question_logprob

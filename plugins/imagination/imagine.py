@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from iagbench import ConfigurationError, Context, DataError, Example, Imaginer, Passage
-from iagbench.files.cache import file_sha256
 from iagbench.contract.components import Trainable
+from iagbench.files.cache import file_sha256
 from iagbench.files.jsonl import json_objects
 
 from .lm import CausalLM, check_positive
@@ -74,7 +74,9 @@ class ImagineImaginer(Imaginer, Trainable):
         self.max_new_tokens = check_positive(max_new_tokens, "max_new_tokens", "imagine")
         self.max_target_tokens = check_positive(max_target_tokens, "max_target_tokens", "imagine")
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
-            raise ConfigurationError(f"imagine option lora_rank={lora_rank!r}: expected 0 (full fine-tune) or a positive integer")
+            raise ConfigurationError(
+                f"imagine option lora_rank={lora_rank!r}: expected 0 (full fine-tune) or a positive integer"
+            )
         self.n = check_positive(n, "n", "imagine")
         if not isinstance(train, bool):
             raise ConfigurationError(f"imagine option train={train!r}: expected true or false")
@@ -137,7 +139,9 @@ class ImagineImaginer(Imaginer, Trainable):
     def targets(self, examples: Sequence[Example]) -> list[str]:
         """Each example's compressed context from the pairs file (by id; the question must match)."""
         if self.pairs is None:
-            raise ConfigurationError("imagine: training needs its targets: --imaginer-args pairs=PAIRS.jsonl (from iagbench compress)")
+            raise ConfigurationError(
+                "imagine: training needs its targets: --imaginer-args pairs=PAIRS.jsonl (from iagbench compress)"
+            )
         missing = [e.id for e in examples if e.id not in self.pairs]
         if missing:
             raise ConfigurationError(
@@ -188,7 +192,8 @@ class ImagineImaginer(Imaginer, Trainable):
             "dtype": str(self.lm.dtype).removeprefix("torch."),
             "device": self.lm.device,
             "pairs": {"path": self.pairs_path, "sha256": file_sha256(self.pairs_path), "n": len(self.pairs or {})}
-            if self.pairs_path else None,
+            if self.pairs_path
+            else None,
             "checkpoint": self.checkpoint,
         }
 

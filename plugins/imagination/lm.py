@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from iagbench import ConfigurationError
-from iagbench.lm.devices import pick_device
 from iagbench.lm.decoding import greedy_decode
+from iagbench.lm.devices import pick_device
 from iagbench.lm.models import end_token_ids, load_model, pick_dtype, resolve_model
 
 
@@ -61,7 +61,9 @@ class CausalLM:
         input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompts], device=self.device)
         with torch.inference_mode():
-            new_tokens = greedy_decode(self.base_model, input_ids, mask, max_new_tokens=max_new_tokens, end_ids=self.end_ids)
+            new_tokens = greedy_decode(
+                self.base_model, input_ids, mask, max_new_tokens=max_new_tokens, end_ids=self.end_ids
+            )
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def beam_generate(self, prompts: Sequence[list[int]], max_new_tokens: int, n: int) -> list[list[str]]:
@@ -73,15 +75,23 @@ class CausalLM:
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompts], device=self.device)
         with torch.inference_mode():
             sequences = self.base_model.generate(
-                input_ids=input_ids, attention_mask=mask, num_beams=n, num_return_sequences=n, do_sample=False,
-                max_new_tokens=max_new_tokens, eos_token_id=sorted(self.end_ids), pad_token_id=pad,
-                early_stopping=True, length_penalty=1.0,
+                input_ids=input_ids,
+                attention_mask=mask,
+                num_beams=n,
+                num_return_sequences=n,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=sorted(self.end_ids),
+                pad_token_id=pad,
+                early_stopping=True,
+                length_penalty=1.0,
             )
         texts = [t.strip() for t in self.tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def continuation_logprob(self, conditions: Sequence[str], continuation: str, *, max_condition_tokens: int = 512,
-                             batch_size: int = 32) -> list[float]:
+    def continuation_logprob(
+        self, conditions: Sequence[str], continuation: str, *, max_condition_tokens: int = 512, batch_size: int = 32
+    ) -> list[float]:
         """Per condition, the mean log-probability of the continuation's tokens after it.
 
         The continuation is tokenised once and appended to each condition's tokens (its last
@@ -100,9 +110,13 @@ class CausalLM:
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.base_model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=len(target) + 1
-                ).logits[:, :-1].float()
+                logits = (
+                    self.base_model(
+                        input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=len(target) + 1
+                    )
+                    .logits[:, :-1]
+                    .float()
+                )
             logprobs = torch.log_softmax(logits, dim=-1)
             gold = torch.tensor(target, device=self.device).expand(len(rows), -1)
             scores += logprobs.gather(-1, gold[..., None])[..., 0].mean(-1).tolist()

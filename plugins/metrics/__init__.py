@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from iagbench import Metric, Passage, hookimpl
+from iagbench.text.normalize import exact_match, f1, subspan_em
 
 from .dpr_tokenizer import has_answer_at_k
-from iagbench.text.normalize import exact_match, f1, subspan_em
 
 HAS_ANSWER_KS = (1, 5, 20, 100)
 

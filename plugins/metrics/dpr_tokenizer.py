@@ -24,7 +24,7 @@ class SimpleTokenizer:
 
     def __init__(self) -> None:
         self._regexp = regex.compile(
-            "(%s)|(%s)" % (self.ALPHA_NUM, self.NON_WS),
+            f"({self.ALPHA_NUM})|({self.NON_WS})",
             flags=regex.IGNORECASE + regex.UNICODE + regex.MULTILINE,
         )
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 from iagbench.contract.components import Trainable
-from iagbench.lm.devices import pick_device
-
 from iagbench.lm.adapter_host import AdapterHost
 from iagbench.lm.decoding import StaticDecoder, cache_keyword, check_decoding_options, greedy_decode, stop_token_ids
+from iagbench.lm.devices import pick_device
 from iagbench.lm.models import end_token_ids, load_model, pick_dtype, resolve_model
 from iagbench.lm.peft_lora import add_peft_lora
+
 from .prompts import get_template
 
 
@@ -52,7 +52,9 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         self.source = resolve_model(model)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.model, self.tokenizer, self.model_info = load_model(self.source, dtype=self.dtype, device=self.device, seed=seed)
+        self.model, self.tokenizer, self.model_info = load_model(
+            self.source, dtype=self.dtype, device=self.device, seed=seed
+        )
         self.model.requires_grad_(False)  # the reader stays frozen; only adapters or a peft LoRA train
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -75,7 +77,9 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         self.checkpoint = checkpoint
         if checkpoint:
             if self._peft is None:
-                raise ConfigurationError("reader option checkpoint=... needs lora_rank=R (the rank it was trained with)")
+                raise ConfigurationError(
+                    "reader option checkpoint=... needs lora_rank=R (the rank it was trained with)"
+                )
             from iagbench.lm.checkpoints import load_trainable
 
             load_trainable(self, checkpoint, "reader")
@@ -98,7 +102,9 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
             "lora_rank": self.lora_rank,
             "checkpoint": self.checkpoint,
         }
-        if self._static is not None:  # the default (dynamic cache) keeps its old record, so old runs keep their identity
+        if (
+            self._static is not None
+        ):  # the default (dynamic cache) keeps its old record, so old runs keep their identity
             info.update(self._static.describe())
         return info
 
@@ -111,7 +117,9 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
     def prompts(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
         return [prompt for prompt, _ in self.fitted_prompts(examples, contexts)]
 
-    def fitted_prompts(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[tuple[str, dict[str, Any]]]:
+    def fitted_prompts(
+        self, examples: Sequence[Example], contexts: Sequence[Context]
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Each prompt with a record of how its passages were fitted into ``max_input_tokens``."""
         return [self.fit(example.question, context.passages) for example, context in zip(examples, contexts)]
 
@@ -164,8 +172,10 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
         fitted = self.fitted_prompts(examples, contexts)
-        generated = self.generate([prompt for prompt, _ in fitted], self._adapters(contexts))
-        return [Answer(self.template.answer(text), raw=text, details=info) for text, (_, info) in zip(generated, fitted)]
+        generated = self.generate([prompt for prompt, _ in fitted], self.adapters_of(contexts))
+        return [
+            Answer(self.template.answer(text), raw=text, details=info) for text, (_, info) in zip(generated, fitted)
+        ]
 
     def generate(self, prompts: Sequence[str], adapters: list[Any] | None = None) -> list[str]:
         """Greedy continuations of ``prompts``, stopped at the template's stop strings or end of sequence.
@@ -190,14 +200,14 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         if self._static is not None:
             self._static.check_adapters(adapters)
             prefix = self._prefix_entry(tuple(ids[0][:shared])) if shared else None
-            with torch.inference_mode(), self._lora_active(adapters):
+            with torch.inference_mode(), self.lora_active(adapters):
                 new_tokens = self._static.decode(
                     inputs["input_ids"], inputs["attention_mask"], max_new_tokens=self.max_new_tokens, end_ids=self.end_ids,
                     prefix=prefix,
                 )  # fmt: skip
             return [self.cut(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         cache = self._prefix_cache(tuple(ids[0][:shared]), len(ids)) if shared else None
-        with torch.inference_mode(), self._lora_active(adapters) as lora:
+        with torch.inference_mode(), self.lora_active(adapters) as lora:
             new_tokens = greedy_decode(
                 self.model,
                 inputs["input_ids"],
@@ -227,7 +237,9 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         rows, labels = [], []
         for (prompt, _), example in zip(self.fitted_prompts(examples, contexts), examples):
             prompt_ids = self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
-            target = " " + example.answers[0] + (self.template.stop[0] if self.template.stop else self.tokenizer.eos_token)
+            target = (
+                " " + example.answers[0] + (self.template.stop[0] if self.template.stop else self.tokenizer.eos_token)
+            )
             target_ids = self._tokens(target)
             rows.append(prompt_ids + target_ids)
             labels.append([-100] * len(prompt_ids) + target_ids)
@@ -236,7 +248,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
         label_ids = torch.tensor([row + [-100] * (width - len(row)) for row in labels], device=self.device)
-        with self._lora_active(self._adapters(contexts)):
+        with self.lora_active(self.adapters_of(contexts)):
             logits = self.model(input_ids=input_ids, attention_mask=mask).logits
         return torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(), label_ids[:, 1:].reshape(-1), ignore_index=-100

@@ -1,42 +1,7 @@
 """The `fid-t5` reader: T5 Fusion-in-Decoder (Izacard & Grave, EACL 2021, facebookresearch/FiD).
+Its greedy decoding loops live in `fid_decoding`, its encoder inputs in `fid_inputs`.
 
-Each (question, passage) pair is encoded on its own as ``question: q title: t context: c``, cut
-to ``text_maxlength`` tokens (the end-of-sequence token included, as FiD's tokenizer call does);
-the encoder states of one question's passages are concatenated and the decoder reads them all
-through cross-attention. A question without passages is closed-book T5 (``question: q``).
-
-Batching. All passages of a batch go through the encoder in one call, as rows of a
-(passages x tokens) tensor, each row tagged with its example (``Encoded.rows``). The states of an
-example's passages are then packed without their padding into one row per example, so examples
-with different numbers of passages share a batch: each example's decoder sees exactly its own
-tokens, and its answer is the one it gets alone (tested). FiD itself needs the same number of
-passages for every example (it reshapes ``n_context`` padded passages) and pads every passage to
-``text_maxlength``; T5's cross-attention has no position bias, so leaving the padding out changes
-nothing but the work.
-
-Decoding. Greedy by default, with our own loop over the decoder (self-attention cache, the
-cross-attention keys and values computed once) that drops each row as soon as it ends, so a batch
-costs what its longest answer costs for that row only; ``num_beams > 1`` uses transformers'
-``generate`` beam search over the same encoder outputs. Greedy outputs equal ``generate``'s (tested).
-``cache=static`` (``StaticSeq2SeqDecoder``) decodes greedily with static self- and cross-attention
-caches, ``compile=true`` with a ``torch.compile``'d decoder step; same answers (tested).
-
-Training. ``trainable_module()`` is the whole T5 (``train=full``, FiD's fine-tuning), a peft LoRA
-(``lora_rank=R``, ``train=lora``: the LoRA baseline, on ``q`` and ``v`` of every attention block,
-the T5 frozen) or nothing (``train=none``: a frozen reader, e.g. for training an imaginer through it); ``loss`` is the token
-cross-entropy of one gold answer, as FiD (``random.choice`` of the answers, Python's RNG, which
-`iagbench train` seeds and checkpoints; ``train_answer=first`` for the first), and
-``answer_logits`` gives the decoder logits over given answer tokens (teacher forcing), for
-distillation.
-
-Adapters. Each example's LoRA (context kind ``adapter``, e.g. from the `hyperlora` imaginer with
-``model=fid-...``; targets ``enc_q, enc_v, dec_q, dec_v, cross_q, cross_v`` and the others listed
-in ``iagbench.lm.lora``) is applied with the causal-lm reader's batched hooks
-(``BatchedLoRA``): in the encoder every passage row gets its example's LoRA (the row map is
-``Encoded.rows``, per encoder chunk), in the decoder every example's row gets its own, rows leaving
-the batch as their answers end (``on_select``), beams of one example sharing its LoRA. The answer,
-``loss`` and ``answer_logits`` all apply them, differentiably (gradients reach the imaginer).
-"""
+Design notes: docs/internals.md#pluginsreadersfidpy"""
 
 from __future__ import annotations
 
@@ -47,11 +12,10 @@ from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Distillable, Example, Reader
 from iagbench.contract.components import Trainable
-from iagbench.lm.devices import pick_device
-from iagbench.lm.models import pick_dtype
-
 from iagbench.lm.adapter_host import AdapterHost
 from iagbench.lm.decoding import cache_keyword
+from iagbench.lm.devices import pick_device
+from iagbench.lm.models import pick_dtype
 from iagbench.lm.t5_models import load_t5, resolve_t5
 
 from .fid_decoding import StaticSeq2SeqDecoder, greedy_decode_seq2seq
@@ -113,7 +77,9 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
             self.source, dtype=self.dtype, device=self.device, seed=seed, tokenizer=tokenizer
         )
         config = self.model.config
-        self.start_id = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
+        self.start_id = (
+            config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
+        )
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else config.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
         if self.eos_id is None or self.start_id is None or self.pad_id is None:
@@ -132,7 +98,9 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
             self._peft.requires_grad_(train == "lora")
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing:  # FiD's --use_checkpoint (activation checkpointing while training)
-            enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+            enable = (
+                getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+            )
             enable()
 
     def _load_checkpoint(self, checkpoint: str) -> str:
@@ -162,7 +130,9 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
             "gradient_checkpointing": self.gradient_checkpointing,
             "checkpoint": self.checkpoint,
         }
-        if self._static is not None:  # the default (dynamic cache) keeps its old record, so old runs keep their identity
+        if (
+            self._static is not None
+        ):  # the default (dynamic cache) keeps its old record, so old runs keep their identity
             info.update(self._static.describe())
         return info
 
@@ -171,10 +141,10 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
 
         if not examples:
             return []
-        adapters = self._adapters(contexts)
+        adapters = self.adapters_of(contexts)
         if self._static is not None:
             self._static.check_adapters(adapters)
-        with torch.inference_mode(), self._lora_active(adapters) as lora:
+        with torch.inference_mode(), self.lora_active(adapters) as lora:
             encoded = self.encode(examples, contexts, lora)
             if self._static is not None:
                 tokens = self._static.decode_seq2seq(
@@ -198,7 +168,9 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
 
     # ---- the encoder side ----
 
-    def encoder_inputs(self, examples: Sequence[Example], contexts: Sequence[Context]) -> tuple[list[list[int]], list[int], list[dict[str, Any]]]:
+    def encoder_inputs(
+        self, examples: Sequence[Example], contexts: Sequence[Context]
+    ) -> tuple[list[list[int]], list[int], list[dict[str, Any]]]:
         """Token ids of every encoder row (text_maxlength at most, end token last), the example of each row, and per-example info."""
         if len(examples) != len(contexts):
             raise ValueError(f"{len(examples)} examples but {len(contexts)} contexts")
@@ -237,20 +209,26 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
         for start in range(0, len(ids), step):
             if lora is not None:
                 lora.route("encoder", row_examples[start : start + step])
-            chunks.append(self.model.encoder(input_ids=input_ids[start : start + step], attention_mask=mask[start : start + step]).last_hidden_state)
+            chunks.append(
+                self.model.encoder(
+                    input_ids=input_ids[start : start + step], attention_mask=mask[start : start + step]
+                ).last_hidden_state
+            )
         hidden = torch.cat(chunks)
         packed, packed_mask = pack_rows(hidden, mask, row_examples, len(examples))
         return Encoded(packed, packed_mask, row_examples, info)
 
     # ---- adapters ----
 
-    def _lora_active(self, adapters: list[Any] | None) -> Any:
+    def lora_active(self, adapters: list[Any] | None) -> Any:
         import torch
 
         if adapters is not None and self.gradient_checkpointing and self.model.training and torch.is_grad_enabled():
             # Checkpointed layers run again during backward, after the adapters' block has ended.
-            raise ConfigurationError("reader option gradient_checkpointing=true cannot train through adapters: turn it off")
-        return super()._lora_active(adapters)
+            raise ConfigurationError(
+                "reader option gradient_checkpointing=true cannot train through adapters: turn it off"
+            )
+        return super().lora_active(adapters)
 
     # ---- decoding ----
 
@@ -296,10 +274,14 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
             raise ValueError("an empty target (no token ids)")
         width = max(map(len, rows))
         ids = torch.tensor([row + [self.pad_id] * (width - len(row)) for row in rows], device=self.device)
-        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device, dtype=torch.bool)
+        mask = torch.tensor(
+            [[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device, dtype=torch.bool
+        )
         return ids, mask
 
-    def answer_logits(self, examples: Sequence[Example], contexts: Sequence[Context], targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
+    def answer_logits(
+        self, examples: Sequence[Example], contexts: Sequence[Context], targets: Sequence[str | Sequence[int]]
+    ) -> tuple[Any, Any]:
         """Decoder logits (examples, target tokens, vocabulary) with teacher forcing, and the mask of real target tokens.
 
         ``logits[b, t]`` is the distribution over target token ``t`` of example ``b`` given its
@@ -315,7 +297,7 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
         decoder_input = ids.new_full(ids.shape, self.pad_id)
         decoder_input[:, 0] = self.start_id
         decoder_input[:, 1:] = ids[:, :-1].masked_fill(~mask[:, :-1], self.pad_id)
-        with self._lora_active(self._adapters(contexts)) as lora:
+        with self.lora_active(self.adapters_of(contexts)) as lora:
             encoded = self.encode(examples, contexts, lora)
             output = self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden),
@@ -342,7 +324,9 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
         ids, mask = self.target_ids(self.training_targets(examples))
         logits = self._teacher_forced(examples, contexts, ids, mask)
         labels = ids.masked_fill(~mask, -100)
-        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+        )
 
 
 class _WholeModel:

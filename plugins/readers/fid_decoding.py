@@ -91,7 +91,9 @@ class StaticSeq2SeqDecoder(StaticDecoder):
             cache.reset()
         return cache
 
-    def decode_seq2seq(self, hidden: Any, mask: Any, *, start_id: int, end_id: int, max_new_tokens: int) -> list[list[int]]:
+    def decode_seq2seq(
+        self, hidden: Any, mask: Any, *, start_id: int, end_id: int, max_new_tokens: int
+    ) -> list[list[int]]:
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 

@@ -26,7 +26,13 @@ class InputFormat:
         return [self.passage.format(question=question, title=p.title, text=p.text) for p in passages]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "question": self.question, "passage": self.passage, "note": self.note}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "question": self.question,
+            "passage": self.passage,
+            "note": self.note,
+        }
 
 
 FID_FORMAT = InputFormat(

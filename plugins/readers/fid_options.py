@@ -26,11 +26,19 @@ def check_fid_options(
     """Refuse options that do not fit together; return the train mode (default: ``lora`` with a ``lora_rank``, else ``full``)."""
     check_decoding_options(cache, compile, lora_rank)
     if cache == "static" and num_beams != 1:
-        raise ConfigurationError(f"reader option cache=static decodes greedily: num_beams={num_beams} needs cache=dynamic")
-    for name, value in (("text_maxlength", text_maxlength), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+        raise ConfigurationError(
+            f"reader option cache=static decodes greedily: num_beams={num_beams} needs cache=dynamic"
+        )
+    for name, value in (
+        ("text_maxlength", text_maxlength),
+        ("max_new_tokens", max_new_tokens),
+        ("num_beams", num_beams),
+    ):
         check_positive(name, value)
     if text_maxlength < 2:
-        raise ConfigurationError(f"reader option text_maxlength={text_maxlength}: needs room for a token and the end token")
+        raise ConfigurationError(
+            f"reader option text_maxlength={text_maxlength}: needs room for a token and the end token"
+        )
     if encoder_batch_size is not None:
         check_positive("encoder_batch_size", encoder_batch_size)
     if lora_rank:
@@ -44,7 +52,9 @@ def check_fid_options(
             "or train=none to keep it frozen); train=full fine-tunes the whole T5 (no lora_rank)"
         )
     if train_answer not in TRAIN_ANSWERS:
-        raise ConfigurationError(f"reader option train_answer={train_answer!r}: expected one of {', '.join(TRAIN_ANSWERS)}")
+        raise ConfigurationError(
+            f"reader option train_answer={train_answer!r}: expected one of {', '.join(TRAIN_ANSWERS)}"
+        )
     return train
 
 

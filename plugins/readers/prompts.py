@@ -27,18 +27,27 @@ FEW_SHOT: tuple[tuple[str, str], ...] = (
 PASSAGE_SHOTS: tuple[tuple[tuple[tuple[str, str], ...], str, str], ...] = (
     (
         (
-            ("Don Giovanni", "Don Giovanni is an opera in two acts with music by Mozart and an Italian libretto by "
-             "Lorenzo Da Ponte, first performed in Prague in 1787."),
-            ("The Magic Flute", "The Magic Flute is an opera in two acts by Wolfgang Amadeus Mozart to a German "
-             "libretto by Emanuel Schikaneder. It premiered in Vienna on 30 September 1791."),
+            (
+                "Don Giovanni",
+                "Don Giovanni is an opera in two acts with music by Mozart and an Italian libretto by "
+                "Lorenzo Da Ponte, first performed in Prague in 1787.",
+            ),
+            (
+                "The Magic Flute",
+                "The Magic Flute is an opera in two acts by Wolfgang Amadeus Mozart to a German "
+                "libretto by Emanuel Schikaneder. It premiered in Vienna on 30 September 1791.",
+            ),
         ),
         "who wrote the libretto of the magic flute",
         "Emanuel Schikaneder",
     ),
     (
         (
-            ("Tungsten", "Tungsten, or wolfram, is a chemical element with the symbol W and atomic number 74. It has "
-             "the highest melting point of all known elements."),
+            (
+                "Tungsten",
+                "Tungsten, or wolfram, is a chemical element with the symbol W and atomic number 74. It has "
+                "the highest melting point of all known elements.",
+            ),
             ("Tin", "Tin is a chemical element with the symbol Sn and atomic number 50. It is a silvery metal."),
         ),
         "what is the atomic number of tungsten",
@@ -46,18 +55,27 @@ PASSAGE_SHOTS: tuple[tuple[tuple[tuple[str, str], ...], str, str], ...] = (
     ),
     (
         (
-            ("Douro", "The Douro is one of the major rivers of the Iberian Peninsula, flowing from Spain through "
-             "northern Portugal to the Atlantic Ocean."),
-            ("Porto", "Porto is the second-largest city in Portugal, after Lisbon. It lies on the estuary of the "
-             "Douro River in the north of the country."),
+            (
+                "Douro",
+                "The Douro is one of the major rivers of the Iberian Peninsula, flowing from Spain through "
+                "northern Portugal to the Atlantic Ocean.",
+            ),
+            (
+                "Porto",
+                "Porto is the second-largest city in Portugal, after Lisbon. It lies on the estuary of the "
+                "Douro River in the north of the country.",
+            ),
         ),
         "in which country is the city of porto",
         "Portugal",
     ),
     (
         (
-            ("Titanic", "RMS Titanic was a British passenger liner that sank in the North Atlantic Ocean on 15 April "
-             "1912 after striking an iceberg during her maiden voyage from Southampton to New York City."),
+            (
+                "Titanic",
+                "RMS Titanic was a British passenger liner that sank in the North Atlantic Ocean on 15 April "
+                "1912 after striking an iceberg during her maiden voyage from Southampton to New York City.",
+            ),
         ),
         "when did the titanic sink",
         "15 April 1912",
@@ -134,7 +152,9 @@ class PromptTemplate:
 def format_passages(passages: Sequence[Passage]) -> str:
     if not passages:
         return ""
-    lines = [f"Passage {i} ({p.title}): {p.text}" if p.title else f"Passage {i}: {p.text}" for i, p in enumerate(passages, 1)]
+    lines = [
+        f"Passage {i} ({p.title}): {p.text}" if p.title else f"Passage {i}: {p.text}" for i, p in enumerate(passages, 1)
+    ]
     return "\n".join(lines) + "\n\n"
 
 

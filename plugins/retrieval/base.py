@@ -74,7 +74,13 @@ class CorpusRetriever(Imaginer):
     provides: ClassVar[frozenset[str]] = frozenset({"passages"})
     kind: ClassVar[str]
 
-    def __init__(self, corpus: str | os.PathLike[str] | None = None, k: int = DEFAULT_K, format: str | None = None, progress: bool | None = None):
+    def __init__(
+        self,
+        corpus: str | os.PathLike[str] | None = None,
+        k: int = DEFAULT_K,
+        format: str | None = None,
+        progress: bool | None = None,
+    ):
         self.k = check_positive_int(k, "k")
         self.progress = show_progress(progress)
         self.corpus: Corpus = open_corpus(corpus, format)

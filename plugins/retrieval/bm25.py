@@ -31,7 +31,16 @@ INDEX_VERSION = 1
 class BM25Index:
     """A bm25s index of one passage store, built or reused from the cache."""
 
-    def __init__(self, store: PassageStore, *, k1: float = 0.9, b: float = 0.4, method: str = "lucene", stopwords: str = "en", progress: bool = False):
+    def __init__(
+        self,
+        store: PassageStore,
+        *,
+        k1: float = 0.9,
+        b: float = 0.4,
+        method: str = "lucene",
+        stopwords: str = "en",
+        progress: bool = False,
+    ):
         if method not in METHODS:
             raise ConfigurationError(f"method={method!r}: expected one of {', '.join(METHODS)}")
         if stopwords not in STOPWORDS:
@@ -49,7 +58,11 @@ class BM25Index:
         }
         corpus = store.corpus
         self.index: Index = ensure_index(
-            "bm25", corpus.path, corpus.sha256, {**self.settings, "format": corpus.format}, lambda folder: self._build(folder, progress)
+            "bm25",
+            corpus.path,
+            corpus.sha256,
+            {**self.settings, "format": corpus.format},
+            lambda folder: self._build(folder, progress),
         )
         started = time.perf_counter()
         self.retriever = bm25s.BM25.load(str(self.index.path), mmap=True, load_corpus=False, show_progress=False)
@@ -66,7 +79,9 @@ class BM25Index:
     def _build(self, folder: Path, progress: bool) -> dict[str, Any]:
         tokenizer = self._tokenizer()
         texts = (passage_text(passage) for passage in self.store)
-        ids = tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=progress, length=len(self.store))
+        ids = tokenizer.tokenize(
+            texts, update_vocab=True, return_as="ids", show_progress=progress, length=len(self.store)
+        )
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         retriever.index((ids, tokenizer.get_vocab_dict()), show_progress=progress)
         retriever.save(str(folder), show_progress=False)
@@ -107,7 +122,14 @@ class BM25Retriever(CorpusRetriever):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < -1:
             raise ConfigurationError(f"threads={threads!r}: expected 0 (no threads), a count, or -1 (all CPUs)")
         self.threads = threads
-        self.bm25 = BM25Index(self.store, k1=check_number(k1, "k1"), b=check_number(b, "b"), method=method, stopwords=stopwords, progress=self.progress)
+        self.bm25 = BM25Index(
+            self.store,
+            k1=check_number(k1, "k1"),
+            b=check_number(b, "b"),
+            method=method,
+            stopwords=stopwords,
+            progress=self.progress,
+        )
 
     def search(self, queries: Sequence[str], k: int) -> Hits:
         return self.bm25.search(queries, k, self.threads)

@@ -1,20 +1,6 @@
 """Passage corpora for retrieval: reading, checking, fingerprinting, and a random-access store.
 
-Formats (``format=`` names; detected when not given):
-
-- ``dpr-tsv``: DPR's ``psgs_w100.tsv``: a header naming the columns ``id``, ``text``, ``title``
-  (any order), then one TAB-separated row per passage with csv quoting (``""`` inside quotes).
-- ``jsonl``: JSON lines ``{"id", "title", "text"}``.
-- ``flashrag``: JSON lines ``{"id", "contents"}``, the title on the first line of ``contents``
-  (surrounding double quotes stripped) and the text after it; ``contents`` without a newline is
-  all text, with an empty title.
-
-Any of them may be gzip-compressed (``.gz``). Every passage needs an id (a non-empty string
-without TAB or line breaks, or an integer), a string title and a string text; ids are unique.
-A bad record raises ``DataError`` naming the file, the 1-based line where it starts, and the field.
-
-The store (``PassageStore``) is the checked corpus rewritten once as compact JSON lines plus a
-memory-mapped array of byte offsets, so that an index hit becomes a ``Passage`` with one read.
+Design notes: docs/internals.md#pluginsretrievalcorpuspy
 """
 
 from __future__ import annotations
@@ -31,10 +17,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from iagbench.files.cache import cached_sha256
 from iagbench.contract.errors import ConfigurationError, DataError
-from iagbench.files.jsonl import json_objects
 from iagbench.contract.types import Passage
+from iagbench.files.cache import cached_sha256
+from iagbench.files.jsonl import json_objects
 
 from .index_cache import Index, ensure_index, log
 
@@ -58,7 +44,9 @@ class Corpus:
 def open_corpus(path: str | os.PathLike[str] | None, format: str | None = None) -> Corpus:
     """Check that the corpus file exists, settle its format and fingerprint it."""
     if path is None or str(path) == "":
-        raise ConfigurationError("corpus= is required: a DPR passages TSV, {id,title,text} JSON lines or FlashRAG JSON lines")
+        raise ConfigurationError(
+            "corpus= is required: a DPR passages TSV, {id,title,text} JSON lines or FlashRAG JSON lines"
+        )
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
         raise ConfigurationError(f"corpus file {path} does not exist")
@@ -101,7 +89,9 @@ def read_corpus(corpus: Corpus) -> Iterator[tuple[int, Passage]]:
         for line, passage in reader(corpus.path):
             first = seen.setdefault(passage.id, line)  # type: ignore[arg-type]
             if first != line:
-                raise DataError(corpus.path, line, "id", f"passage id '{passage.id}' is used twice (first on line {first})")
+                raise DataError(
+                    corpus.path, line, "id", f"passage id '{passage.id}' is used twice (first on line {first})"
+                )
             yield line, passage
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(corpus.path, None, None, f"cannot decompress: {exc}") from None
@@ -203,7 +193,11 @@ def split_contents(contents: str) -> tuple[str, str]:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
+    text = (
+        json.dumps(value, ensure_ascii=False)
+        if isinstance(value, (str, int, float, bool, type(None), list, dict))
+        else repr(value)
+    )
     kind = type(value).__name__ if value is not None else "null"
     return f"{kind} {text[:60]}{'...' if len(text) > 60 else ''}"
 
@@ -277,7 +271,9 @@ def passage_store(corpus: Corpus) -> PassageStore:
         np.save(folder / PassageStore.OFFSETS, np.asarray(offsets, dtype=np.int64))
         return {"passages": len(offsets) - 1}
 
-    index = ensure_index("passages", corpus.path, corpus.sha256, {"format": corpus.format, "version": STORE_VERSION}, build)
+    index = ensure_index(
+        "passages", corpus.path, corpus.sha256, {"format": corpus.format, "version": STORE_VERSION}, build
+    )
     store = PassageStore(corpus, index)
     if index.status == "built":
         log(f"passage store built: {index.path} ({len(store)} passages in {index.seconds:.1f} s)")

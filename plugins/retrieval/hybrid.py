@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from iagbench import ConfigurationError
+from iagbench.lm.encoders import DEFAULT_MODEL
 
 from .base import DEFAULT_K, CorpusRetriever, Hits, check_number, check_positive_int
 from .bm25 import BM25Index
-from iagbench.lm.encoders import DEFAULT_MODEL
-
 from .dense import DenseIndex, Encoder
 
 RRF_C = 60
@@ -69,7 +68,12 @@ class HybridRetriever(CorpusRetriever):
         return [rrf([[i for i, _ in a], [i for i, _ in b]], k, self.rrf_c) for a, b in zip(lexical, semantic)]
 
     def settings(self) -> dict[str, Any]:
-        return {"rrf_c": self.rrf_c, "depth": self.depth, "bm25": self.bm25.settings, "dense": {**self.dense.settings, "device": self.encoder.device}}
+        return {
+            "rrf_c": self.rrf_c,
+            "depth": self.depth,
+            "bm25": self.bm25.settings,
+            "dense": {**self.dense.settings, "device": self.encoder.device},
+        }
 
     def indexes(self) -> dict[str, Any]:
         return {"bm25": self.bm25.index.describe(), "dense": self.dense.index.describe()}

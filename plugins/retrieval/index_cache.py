@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iagbench.files.cache import cache_root, file_sha256
+from iagbench.files.cache import cache_root
 
 META = "meta.json"
 

@@ -1,4 +1,4 @@
-"""A worked example of an iagbench plugin: two imaginers, two readers, one metric.
+"""A worked example of an iagbench plugin: two imaginers, two readers, one metric, one command.
 
 Everything here is a toy that shows the interfaces (see README.md and docs/plugins.md in the
 iagbench repository); none of it is a method worth benchmarking. This module is the one the entry
@@ -8,6 +8,7 @@ torch and a model, is registered by a lazy "module:attribute" string and importe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -106,6 +107,37 @@ class ExactTitle(Metric):
 
     def score(self, prediction: str, answers: Sequence[str], passages: Sequence[Passage]) -> dict[str, float]:
         return {self.name: float(prediction.casefold() in {answer.casefold() for answer in answers})}
+
+
+class KeywordSearch:
+    """``iagbench keyword-search QUESTION --corpus FILE``: the passages `keyword-passages` would give, as JSON lines.
+
+    A command is any object with ``configure(options)`` (its options, added to iagbench's option table for the
+    command) and ``run(invocation)`` (the parsed arguments, the loaded plugins; returns the exit status).
+    """
+
+    @staticmethod
+    def configure(options: Any) -> None:
+        options.add("question", help="the question to search for")
+        options.add("--corpus", required=True, help="JSON lines of {id, title, text}")
+        options.add("--k", type=int, default=3, help="passages to show (default: 3)")
+
+    @staticmethod
+    def run(invocation: Any) -> int:
+        invocation.options.check_required({"corpus": invocation.given("corpus")})
+        imaginer = (
+            invocation.plugins["imaginers"]
+            .get("keyword-passages")
+            .build(corpus=invocation.given("corpus"), k=invocation.given("k"))
+        )
+        for passage in imaginer.top(invocation.args.question):
+            print(json.dumps(passage.to_json(), ensure_ascii=False))
+        return 0
+
+
+@hookimpl
+def register_commands(register) -> None:
+    register("keyword-search", KeywordSearch, description="EXAMPLE: the passages keyword-passages finds for a question")
 
 
 @hookimpl

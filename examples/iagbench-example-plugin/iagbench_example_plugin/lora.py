@@ -6,8 +6,8 @@ it shows is the plumbing a real pair needs, all of it public:
 
 - ``iagbench.lm.models``: ``resolve_model`` / ``load_model`` (presets, folders, hub ids, GGUF files),
   ``pick_dtype``, ``end_token_ids``; ``iagbench.lm.devices.pick_device``;
-- ``iagbench.lm.lora``: ``architecture_of`` and ``target_shapes`` (which layers an adapter covers and
-  their sizes); ``iagbench.LoRAAdapter`` (one question's weights, carried by ``Context.adapter``);
+- ``iagbench.lm.skeletons.model_shapes``: which layers an adapter covers and their sizes, read from the
+  model's configuration on the meta device; ``iagbench.LoRAAdapter`` (one question's weights, carried by ``Context.adapter``);
 - ``iagbench.lm.adapter_host.AdapterHost``: collects a batch's adapters and applies them, row by row,
   through ``iagbench.lm.lora.BatchedLoRA`` hooks;
 - ``iagbench.lm.decoding.greedy_decode``: greedy decoding that drops finished rows (and, through
@@ -28,8 +28,8 @@ from iagbench import Answer, ConfigurationError, Context, Example, Imaginer, LoR
 from iagbench.lm.adapter_host import AdapterHost
 from iagbench.lm.decoding import greedy_decode
 from iagbench.lm.devices import pick_device
-from iagbench.lm.lora import architecture_of, target_shapes
 from iagbench.lm.models import end_token_ids, load_model, pick_dtype, resolve_model
+from iagbench.lm.skeletons import model_shapes
 
 
 class SeededLoRA(Imaginer):
@@ -48,12 +48,9 @@ class SeededLoRA(Imaginer):
             raise ConfigurationError(f"imaginer 'seeded-lora': rank={rank!r}, expected a positive integer")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise ConfigurationError(f"imaginer 'seeded-lora': scale={scale!r}, expected a number")
-        # The shapes come from the model itself. Loading it just to read them is fine for a toy; an
-        # imaginer for large readers would build the model on the meta device instead (no weights).
-        reader_model, _, _ = load_model(resolve_model(model), dtype=torch.float32, device="cpu")
-        names = [t.strip() for t in targets.split(",")] if targets else architecture_of(reader_model).default_targets
-        self.shapes = target_shapes(reader_model, names)  # {target: (layers, d_in, d_out)}
-        del reader_model
+        # The shapes come from the reader model's configuration, built on the meta device (no weights load).
+        names = [t.strip() for t in targets.split(",")] if targets else None
+        self.shapes = model_shapes(model, names)  # {target: (layers, d_in, d_out)}
         self.model, self.rank, self.scale = model, rank, float(scale)
 
     def imagine(self, examples: Sequence[Example]) -> list[Context]:
@@ -76,18 +73,30 @@ class LoRALM(AdapterHost, Reader):
     """A causal LM that reads the passages in its prompt and applies each question's own adapter.
 
     ``AdapterHost`` needs three attributes, ``model``, ``dtype`` and ``device``; it gives
-    ``_adapters(contexts)`` (the batch's adapters, or None when no context has one) and
-    ``_lora_active(adapters)`` (a block inside which row b of every batch runs with adapter b).
+    ``adapters_of(contexts)`` (the batch's adapters, or None when no context has one) and
+    ``lora_active(adapters)`` (a block inside which row b of every batch runs with adapter b).
     """
 
     accepts: ClassVar[frozenset[str]] = frozenset({"passages", "adapter"})
 
-    def __init__(self, model: str = "tiny-llama", *, max_new_tokens: int = 8, device: str = "auto", dtype: str = "auto", seed: int = 0):
+    def __init__(
+        self,
+        model: str = "tiny-llama",
+        *,
+        max_new_tokens: int = 8,
+        device: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+    ):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ConfigurationError(f"reader 'lora-lm': max_new_tokens={max_new_tokens!r}, expected a positive integer")
+            raise ConfigurationError(
+                f"reader 'lora-lm': max_new_tokens={max_new_tokens!r}, expected a positive integer"
+            )
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.model, self.tokenizer, self.model_info = load_model(resolve_model(model), dtype=self.dtype, device=self.device, seed=seed)
+        self.model, self.tokenizer, self.model_info = load_model(
+            resolve_model(model), dtype=self.dtype, device=self.device, seed=seed
+        )
         self.model.requires_grad_(False)
         self.tokenizer.padding_side = "left"  # greedy_decode continues every row from its last column
         if self.tokenizer.pad_token_id is None:
@@ -103,8 +112,8 @@ class LoRALM(AdapterHost, Reader):
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
         prompts = [self.prompt(example, context) for example, context in zip(examples, contexts)]
         batch = self.tokenizer(prompts, padding=True, return_tensors="pt").to(self.device)
-        adapters = self._adapters(contexts)
-        with torch.inference_mode(), self._lora_active(adapters) as lora:
+        adapters = self.adapters_of(contexts)
+        with torch.inference_mode(), self.lora_active(adapters) as lora:
             new_tokens = greedy_decode(
                 self.model,
                 batch["input_ids"],
