@@ -143,11 +143,23 @@ def failure_excerpt(output: str) -> str:
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    """kill -9 the process and everything it started (a launcher's workers)."""
+    """kill -9 the process and everything it started (a launcher's workers: torchrun starts each in a session
+    of its own, which killing the launcher's process group does not reach)."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:  # already gone
         pass
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     process.wait(timeout=30)
 
 
