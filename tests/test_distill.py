@@ -17,6 +17,7 @@ from iagbench.lm.distill import (
     distillation_loss,
     hidden_cosine_loss,
     kd_loss,
+    reference_kl_term,
     temperature_at,
 )
 
@@ -89,6 +90,44 @@ def test_padding_values_change_nothing_and_get_no_gradient():
         F.kl_div(F.log_softmax(student / 2.0, -1), F.softmax(teacher / 2.0, -1), reduction="none").sum(-1).mean() * 4.0
     )
     assert not torch.isclose(padded_in, clean)
+
+
+def kl_at(student: torch.Tensor, teacher: torch.Tensor, temperature: float, b: int, t: int) -> float:
+    """sum_v p_t (log p_t - log p_s) at one position, by hand."""
+    s = [float(x) / temperature for x in student[b, t]]
+    q = [float(x) / temperature for x in teacher[b, t]]
+    log_zs = math.log(sum(math.exp(x) for x in s))
+    log_zq = math.log(sum(math.exp(x) for x in q))
+    return sum(math.exp(qv - log_zq) * ((qv - log_zq) - (sv - log_zs)) for sv, qv in zip(s, q))
+
+
+def test_reference_kd_averages_over_every_position_without_t_squared():
+    """The ImcQA reference's cal_loss (model/Imagemodel.py:210-221): mean over all 2 x 5 positions, padding too."""
+    student, teacher = logits(0), logits(1)
+    everywhere = [(b, t) for b in range(2) for t in range(5)]
+    by_hand = sum(kl_at(student, teacher, 2.0, b, t) for b, t in everywhere) / len(everywhere)
+    loss = kd_loss(student, teacher, MASK, 2.0, t_squared=False, positions="all")
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    answer_only = sum(kl_at(student, teacher, 2.0, b, t) for b, t in REAL) / len(REAL)
+    assert abs(by_hand - answer_only) > 0.05  # the padding positions really count
+    with pytest.raises(ValueError, match="positions='padding'"):
+        kd_loss(student, teacher, MASK, 2.0, positions="padding")
+
+
+def test_reference_kl_term_is_sigmoid_k_times_k_of_batchmean_kl_at_t4_over_100():
+    """use_kl (model/Imagemodel.py:310-316): k = sum over every position and token of KL at T=4 / examples / 100."""
+    student, teacher = logits(0) * 5, logits(1) * 5  # sharp enough for k to matter
+    k = sum(kl_at(student, teacher, 4.0, b, t) for b in range(2) for t in range(5)) / 2 / 100
+    expected = k / (1 + math.exp(-k)) if k > 0 else 0.0
+    assert reference_kl_term(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    labels = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(3)).masked_fill(~MASK, -100)
+    plain = distillation_loss(student, teacher, labels, alpha=0.4, temperature=1.0, t_squared=False, kd_positions="all")
+    extra = distillation_loss(
+        student, teacher, labels, alpha=0.4, temperature=1.0, t_squared=False, kd_positions="all", kl_term=True
+    )
+    assert plain.kl_term is None and extra.kl_term.item() == pytest.approx(expected, rel=1e-5)
+    assert extra.total.item() == pytest.approx(plain.total.item() + expected, rel=1e-5)
+    assert plain.total.item() == pytest.approx(0.4 * plain.kd.item() + 0.6 * plain.ce.item(), rel=1e-6)
 
 
 def test_temperature_schedule():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_train import kill_group
 
 from iagbench.contract.errors import ConfigurationError, ProcessesError, RunFolderError
 from iagbench.contract.plugins import load_plugins
@@ -126,8 +126,7 @@ def test_two_processes_killed_then_three_resume_without_duplicates(echo_referenc
             assert time.monotonic() < deadline, "the two ranks did not write 4 predictions each in 120 s"
             time.sleep(0.1)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        kill_group(process)  # torchrun's workers too: each is in a session of its own
     folder = only_folder(tmp_path / "runs")
     killed = {r["id"]: r for p in folder.glob("predictions.rank*-of-2.jsonl") for r in lines(p)}
     assert len(killed) == 8 and not (folder / "predictions.jsonl").exists() and not (folder / "results.json").exists()

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from iagbench.contract.components import Imaginer, Trainable
+from iagbench.contract.conform import check_class
 from iagbench.contract.entry import Entry
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Context, Example
@@ -109,6 +110,20 @@ class CompositeFactory:
         for name, values in prefixed.items():
             split[name].update(values)
         return split
+
+    def preflight(self, pairing: Any) -> None:
+        """Each part's class checked, its options too, and its ``preflight`` hook called with them
+        (`iagbench.contract.preflight`)."""
+        split = self.split_options(dict(pairing.imaginer_options))
+        for part in self.parts:
+            try:
+                check_class(part.entry.kind, part.entry.label, part.entry.load())
+                options = part.entry.options(split[part.name])
+                hook = part.entry.hook("preflight")
+                if hook is not None:
+                    hook(replace(pairing, imaginer=part.name, imaginer_options=options))
+            except ConfigurationError as error:
+                raise ConfigurationError(f"imaginer '{self.name}', part '{part.name}': {error}") from None
 
     def __call__(self, **options: Any) -> CompositeImaginer:
         split = self.split_options(options)

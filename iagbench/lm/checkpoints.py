@@ -34,10 +34,10 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     marker = checkpoints_dir / LATEST
     if not marker.is_file():
         return None
-    name = marker.read_text(encoding="utf-8").strip()
+    name = marker.read_text(encoding="utf-8", errors="replace").strip()
     folder = checkpoints_dir / name
     if not STEP_PATTERN.match(name) or not folder.is_dir():
-        raise ConfigurationError(f"{marker}: names '{name}', which is not a checkpoint folder next to it")
+        raise ConfigurationError(f"{marker}: names {name[:80]!r}, which is not a checkpoint folder next to it")
     return folder
 
 
@@ -75,8 +75,6 @@ def load_trainable(component: Any, checkpoint: str | Path, role: str) -> Path:
     ``describe()``). Trainable components call this from their constructors when given
     ``checkpoint=DIR``.
     """
-    from safetensors.torch import load_file
-
     folder = resolve_checkpoint(checkpoint)
     file = folder / weights_file(role)
     if not file.is_file():
@@ -85,10 +83,30 @@ def load_trainable(component: Any, checkpoint: str | Path, role: str) -> Path:
             f"checkpoint {folder} has no {file.name} (it holds {', '.join(present) or 'no weights'}): the {role} "
             "was not trained there"
         )
+    load_weights(component, file)
+    return folder
+
+
+def read_weights(file: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file; ConfigurationError naming it if it cannot be read (missing, truncated,
+    not safetensors). Safetensors holds tensors only: reading one runs no code."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigurationError(f"{file}: not a readable safetensors file ({reason})") from None
+
+
+def load_weights(component: Any, file: Path) -> dict[str, Any]:
+    """Load the weights file ``file`` into ``component.trainable_module()`` (keys and shapes must match exactly);
+    return its tensors. ConfigurationError naming the file otherwise."""
     module = component.trainable_module()
     if module is None:
         raise ConfigurationError(f"{file}: {type(component).__name__} has no trainable module to load it into")
-    tensors = load_file(str(file))
+    tensors = read_weights(file)
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
@@ -105,7 +123,7 @@ def load_trainable(component: Any, checkpoint: str | Path, role: str) -> Path:
             (line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0]
         )
         raise ConfigurationError(f"{file}: does not fit {type(component).__name__}: {first}") from None
-    return folder
+    return tensors
 
 
 def save_weights(state_dict: dict[str, Any], file: Path) -> None:

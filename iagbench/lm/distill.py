@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 TEMPERATURE_EVERY = 500  # steps per temperature decrement (temperature_at)
+KD_POSITIONS = ("answer", "all")  # what the KD loss averages over: real answer tokens, or every position
 
 
 def temperature_at(step: int, t0: float) -> float:
@@ -41,12 +42,17 @@ def kd_loss(
     temperature: float,
     *,
     t_squared: bool = True,
+    positions: str = "answer",
 ) -> torch.Tensor:
     """KL(teacher || student) of the softmaxes at ``temperature``, times T^2, averaged over target positions.
 
     Logits are (examples, positions, vocabulary); ``target_mask`` (examples, positions) is True on
     real target tokens. Per position: sum_v p_t(v) (log p_t(v) - log p_s(v)), p = softmax(logits / T).
+    ``positions="all"`` averages over every position of the logits, padding included, as the ImcQA
+    reference does (``cal_loss``, model/Imagemodel.py:210-221); ``t_squared=False`` drops the T^2 as it does.
     """
+    if positions not in KD_POSITIONS:
+        raise ValueError(f"positions={positions!r}: expected one of {', '.join(KD_POSITIONS)}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape"
@@ -54,6 +60,8 @@ def kd_loss(
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r}: expected a positive number")
     mask = _mask_of(target_mask, student_logits.shape[:-1])
+    if positions == "all":
+        mask = torch.ones_like(mask)
     student = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)  # (positions, vocabulary)
     teacher = F.log_softmax(teacher_logits.detach()[mask].float() / temperature, dim=-1)
     p_teacher = teacher.exp()
@@ -127,6 +135,18 @@ def attention_mse_loss(
     return torch.stack(losses).mean()
 
 
+def reference_kl_term(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0, scale: float = 100.0
+) -> torch.Tensor:
+    """The ImcQA reference's extra term (``use_kl``, model/Imagemodel.py:310-316): ``sigmoid(k) * k`` with
+    ``k = KL(teacher || student at T=4)`` summed over every position and the vocabulary, divided by the number
+    of examples (``batchmean``) and by 100."""
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    k = F.kl_div(student, teacher, reduction="batchmean") / scale
+    return torch.sigmoid(k) * k
+
+
 class DistillationLoss(NamedTuple):
     """The total training loss and its parts (for logging); ``hidden``/``attention`` are None when not used."""
 
@@ -135,6 +155,7 @@ class DistillationLoss(NamedTuple):
     ce: torch.Tensor
     hidden: torch.Tensor | None = None
     attention: torch.Tensor | None = None
+    kl_term: torch.Tensor | None = None
 
 
 def distillation_loss(
@@ -146,6 +167,8 @@ def distillation_loss(
     alpha: float,
     temperature: float,
     t_squared: bool = True,
+    kd_positions: str = "answer",
+    kl_term: bool = False,
     hidden: tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]] | None = None,
     hidden_weight: float = 0.0,
     attention: tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]] | None = None,
@@ -156,14 +179,18 @@ def distillation_loss(
     ``labels`` are the target token ids (examples, positions); ``target_mask`` marks real target
     tokens (default: labels != -100). ``hidden=(student, teacher)`` adds ``hidden_weight`` times
     ``hidden_cosine_loss``; ``attention=(student, teacher)`` adds ``attention_weight`` times
-    ``attention_mse_loss`` (over the target mask for queries and keys).
+    ``attention_mse_loss`` (over the target mask for queries and keys). ``t_squared``, ``kd_positions``
+    (`kd_loss`) and ``kl_term`` (adds `reference_kl_term`) reproduce the ImcQA reference's loss.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r}: expected a weight between 0 and 1")
     mask = labels != IGNORE_INDEX if target_mask is None else target_mask
-    kd = kd_loss(student_logits, teacher_logits, mask, temperature, t_squared=t_squared)
+    kd = kd_loss(student_logits, teacher_logits, mask, temperature, t_squared=t_squared, positions=kd_positions)
     ce = cross_entropy_loss(student_logits, labels, mask)
     total = alpha * kd + (1.0 - alpha) * ce
+    extra = reference_kl_term(student_logits, teacher_logits) if kl_term else None
+    if extra is not None:
+        total = total + extra
     hidden_loss = attention_loss = None
     if hidden is not None:
         hidden_loss = hidden_cosine_loss(hidden[0], hidden[1], mask)
@@ -171,4 +198,4 @@ def distillation_loss(
     if attention is not None:
         attention_loss = attention_mse_loss(attention[0], attention[1], mask)
         total = total + attention_weight * attention_loss
-    return DistillationLoss(total, kd, ce, hidden_loss, attention_loss)
+    return DistillationLoss(total, kd, ce, hidden_loss, attention_loss, extra)

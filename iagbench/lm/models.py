@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,16 +137,13 @@ def load_model(source: ModelSource, *, dtype: Any, device: str, seed: int = 0) -
     elif source.kind == "gguf":
         folder = _converted_gguf(Path(source.ref) / str(source.gguf_file))
         info["converted_cache"] = str(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source.ref)
-            model = AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype)
-        except OSError as error:
-            where = "folder" if source.kind == "local" else "Hugging Face hub id (nor its local cache)"
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigurationError(f"cannot load model from {where} '{source.ref}': {first_line}") from None
+        with loading(source.kind, source.ref) as local_only:
+            hub = {"local_files_only": True} if local_only else {}
+            tokenizer = AutoTokenizer.from_pretrained(source.ref, trust_remote_code=False, **hub)
+            model = AutoModelForCausalLM.from_pretrained(source.ref, dtype=dtype, trust_remote_code=False, **hub)
     model = model.to(device=device, dtype=dtype).eval()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["architecture"] = type(model).__name__
@@ -245,3 +246,97 @@ def end_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
+
+
+# ---- loading from folders and the hub: no custom code, no waiting on an unreachable hub ----
+
+CUSTOM_CODE = "custom code, which iagbench does not run (it never sets trust_remote_code)"
+HUB_PROBE_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def loading(kind: str, ref: str, what: str = "model") -> Iterator[bool]:
+    """Around the loads of a ``local`` folder or a ``hub`` id: yields whether to load from the cache only.
+
+    A folder is first checked for custom code; a hub id whose hub cannot be reached loads from the
+    cache only (no retries). Failures become one-line ``ConfigurationError``s.
+    """
+    if kind == "local":
+        check_no_custom_code(Path(ref))
+    unreachable = hub_unreachable() if kind == "hub" and not hub_offline() else None
+    try:
+        yield unreachable is not None
+        if unreachable is not None:
+            logging.getLogger(__name__).warning(
+                f"the Hugging Face hub cannot be reached: '{ref}' loaded from the cache"
+            )
+    except (OSError, ValueError) as error:
+        text = str(error).strip()
+        where = f"folder '{ref}'" if kind == "local" else f"Hugging Face hub id (nor its local cache) '{ref}'"
+        if "trust_remote_code" in text:
+            raise ConfigurationError(f"cannot load {what} from {where}: it needs {CUSTOM_CODE}") from None
+        if unreachable is not None:
+            raise ConfigurationError(hub_unreachable_message(ref, unreachable)) from None
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        raise ConfigurationError(f"cannot load {what} from {where}: {first_line}") from None
+
+
+def check_no_custom_code(folder: Path) -> None:
+    """Refuse a folder that needs code of its own: ``auto_map`` in its configs, or a model type transformers lacks."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # absent or unreadable: transformers says what is wrong with it
+        if not isinstance(config, dict):
+            continue
+        if config.get("auto_map"):
+            raise ConfigurationError(f"model folder {folder} needs {CUSTOM_CODE}: its {name} has auto_map")
+        model_type = config.get("model_type") if name == "config.json" else None
+        if isinstance(model_type, str) and model_type and not _known_model_type(model_type):
+            import transformers
+
+            raise ConfigurationError(
+                f"model folder {folder}: model_type '{model_type}' is not in transformers {transformers.__version__}; "
+                f"it needs a newer transformers or {CUSTOM_CODE}"
+            )
+
+
+def _known_model_type(model_type: str) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: the hub is not asked at all."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.is_offline_mode() or any((flag or "").lower() in ("1", "true", "yes", "on") for flag in flags)
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub does not answer (None when it does): one quick request, once per process."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception as error:  # refused, no route, DNS, timeout, TLS, proxy: no answer is no answer
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        logging.getLogger(__name__).debug(f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached: {reason}")
+        return reason
+    return None
+
+
+def hub_unreachable_message(model: str, reason: str) -> str:
+    """The one line for a hub id that is not cached while the hub cannot be reached."""
+    from huggingface_hub import constants
+
+    return (
+        f"model={model}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached ({reason}) and the model is "
+        "not in the local cache; pass a local folder (model=/path/to/folder), or set HF_HUB_OFFLINE=1 with the model "
+        "in the Hugging Face cache"
+    )

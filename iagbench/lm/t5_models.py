@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.contract.errors import ConfigurationError
-from iagbench.lm.models import ModelSource, byte_tokenizer
+from iagbench.lm.models import ModelSource, byte_tokenizer, check_no_custom_code, loading
 
 TINY_T5_CONFIG = {
     "d_model": 32,
@@ -68,19 +68,19 @@ def load_t5(
     if source.kind == "random":
         model, tok = random_t5(source.config, seed)
     else:
+        if source.kind == "local":
+            check_no_custom_code(Path(source.ref))  # before its tokenizer, which may come from elsewhere
         tokenizer_ref = tokenizer or _tokenizer_source(source)
         info["tokenizer"] = tokenizer_ref
-        try:
-            tok = _auto_tokenizer(tokenizer_ref)
+        tokenizer_kind = "local" if Path(tokenizer_ref).expanduser().is_dir() else "hub"
+        with loading(tokenizer_kind, tokenizer_ref, "model" if tokenizer_ref == source.ref else "tokenizer") as local:
+            tok = _auto_tokenizer(tokenizer_ref, local_only=local)
+        with loading(source.kind, source.ref) as local:
             if source.kind == "local" and is_fid_checkpoint(Path(source.ref)):
                 model = load_fid_checkpoint(Path(source.ref))
                 info["fid_checkpoint"] = True
             else:
-                model = _from_pretrained(source.ref, dtype)
-        except OSError as error:
-            where = "folder" if source.kind == "local" else "Hugging Face hub id (nor its local cache)"
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigurationError(f"cannot load model from {where} '{source.ref}': {first_line}") from None
+                model = _from_pretrained(source.ref, dtype, local_only=local)
     if not getattr(model.config, "is_encoder_decoder", False):
         raise ConfigurationError(f"model '{source.ref}' is not an encoder-decoder model (FiD needs T5 or alike)")
     model = model.to(device=device, dtype=dtype).eval()
@@ -110,18 +110,23 @@ def random_t5(config_overrides: dict[str, Any], seed: int) -> tuple[Any, Any]:
     return model, tok
 
 
-def _auto_tokenizer(ref: str) -> Any:
+def _auto_tokenizer(ref: str, *, local_only: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(ref)
+    return AutoTokenizer.from_pretrained(
+        ref, trust_remote_code=False, **({"local_files_only": True} if local_only else {})
+    )
 
 
-def _from_pretrained(ref: str, dtype: Any) -> Any:
+def _from_pretrained(ref: str, dtype: Any, *, local_only: bool = False) -> Any:
     """A seq2seq model; missing weights (other than tied copies) are an error, not a silent random init."""
     from transformers import AutoModelForSeq2SeqLM
 
-    model, loading = AutoModelForSeq2SeqLM.from_pretrained(ref, dtype=dtype, output_loading_info=True)
-    missing = sorted(set(loading.get("missing_keys") or ()) - _tied_keys(model))
+    hub = {"local_files_only": True} if local_only else {}
+    model, report = AutoModelForSeq2SeqLM.from_pretrained(
+        ref, dtype=dtype, output_loading_info=True, trust_remote_code=False, **hub
+    )
+    missing = sorted(set(report.get("missing_keys") or ()) - _tied_keys(model))
     if missing:
         raise ConfigurationError(
             f"model '{ref}': {len(missing)} weights are missing from its files (first: {missing[0]})"
@@ -168,7 +173,7 @@ def load_fid_checkpoint(folder: Path) -> Any:
     """A T5 with the weights of a FiD checkpoint folder, keys mapped back to plain T5's (checked strictly)."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     config.architectures = ["T5ForConditionalGeneration"]
     model = AutoModelForSeq2SeqLM.from_config(config)
     state = {fid_to_t5_key(key): value for key, value in read_state_dict(folder).items()}

@@ -7,10 +7,25 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("iagbench", "torch", "transformers", "accelerate", "peft", "datasets", "pluggy", "numpy", "tokenizers", "gguf")
+RECORDED_VARIABLES = ("IAGBENCH_", "HF_", "CUDA_VISIBLE", "OMP_NUM")  # prefixes of the variables env.json records
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")  # in a name: recorded without its value
+REDACTED = "<redacted>"
+PACKAGES = (
+    "iagbench",
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "datasets",
+    "pluggy",
+    "numpy",
+    "tokenizers",
+    "gguf",
+)
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -56,5 +71,14 @@ def environment() -> dict[str, Any]:
         "packages": package_versions(),
         "iagbench_git_commit": git_commit(Path(__file__).resolve().parents[2]),
         "accelerator": accelerator(),
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("IAGBENCH_", "HF_", "CUDA_VISIBLE", "OMP_NUM"))},
+        "env": recorded_variables(os.environ),
+    }
+
+
+def recorded_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables env.json records; those whose name suggests a secret (HF_TOKEN, ..._API_KEY) as REDACTED."""
+    return {
+        name: REDACTED if any(word in name.upper() for word in SECRET_WORDS) else value
+        for name, value in environ.items()
+        if name.startswith(RECORDED_VARIABLES)
     }

@@ -6,31 +6,39 @@ examples whose id hashes to its rank (`iagbench.runs.processes`, `iagbench.runs.
 
 from __future__ import annotations
 
-import logging
 import hashlib
-import json
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from iagbench.version import __version__
-from iagbench.runs.batching import BatchSizer
 from iagbench.contract.components import CONTEXT_KINDS, Dataset, Imaginer, Metric, Reader
-from iagbench.runs.env import environment
-from iagbench.contract.errors import ConfigurationError, RunFolderError
+from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.plugins import Plugins
-from iagbench.runs.processes import Processes
+from iagbench.contract.preflight import preflight
 from iagbench.contract.registry import Entry
-from iagbench.runs.folder import RunFolder, canonical_json, config_hash, diff_paths, folder_name, read_json, write_json_atomic
-from iagbench.runs.prediction import ORDERS, batches, context_summary, ordered_examples, predict, prediction_record  # noqa: F401 (ORDERS, batches, context_summary, prediction_record: still importable from here)
-from iagbench.runs.scoring import aggregate, metric_versions
-from iagbench.runs.shards import ShardWriter, done_ids, merge, shard_files, wait_for_file, wait_for_shards
-from iagbench.runs.sources import component_identity
 from iagbench.contract.types import Example
+from iagbench.runs.batching import BatchSizer
+from iagbench.runs.env import environment
+from iagbench.runs.folder import RunFolder, canonical_json, config_hash, folder_name
+from iagbench.runs.prediction import ORDERS, batches, context_summary, ordered_examples, predict, prediction_record  # noqa: F401 (ORDERS, batches, context_summary, prediction_record: still importable from here)
+from iagbench.runs.processes import Processes
+from iagbench.runs.scoring import aggregate, metric_versions
+from iagbench.runs.shards import (
+    ShardWriter,
+    claim_folder,
+    merge,
+    shard_files,
+    todo_examples,
+    wait_for_file,
+    wait_for_shards,
+)
+from iagbench.runs.sources import component_identity
+from iagbench.version import __version__
 
 DEFAULT_RUNS_DIR = Path("runs")
 EXECUTION_KEYS = ("data_dir",)  # options that say where, not what: kept out of the configuration hash
@@ -82,7 +90,9 @@ def check_compatible(imaginer: Entry, reader: Entry) -> None:
     accepts = frozenset(reader.declared("accepts"))
     unknown = (provides | accepts) - CONTEXT_KINDS
     if unknown:
-        raise ConfigurationError(f"unknown context kinds {sorted(unknown)}; expected a subset of {sorted(CONTEXT_KINDS)}")
+        raise ConfigurationError(
+            f"unknown context kinds {sorted(unknown)}; expected a subset of {sorted(CONTEXT_KINDS)}"
+        )
     missing = provides - accepts
     if missing:
         raise ConfigurationError(
@@ -93,7 +103,9 @@ def check_compatible(imaginer: Entry, reader: Entry) -> None:
 
 def load_examples(dataset: Dataset, split: str, limit: int | None, dataset_name: str) -> list[Example]:
     if split not in dataset.splits:
-        raise ConfigurationError(f"dataset '{dataset_name}' has no split '{split}'; splits: {', '.join(dataset.splits)}")
+        raise ConfigurationError(
+            f"dataset '{dataset_name}' has no split '{split}'; splits: {', '.join(dataset.splits)}"
+        )
     examples = []
     for example in dataset.load(split):
         if limit is not None and len(examples) >= limit:
@@ -158,7 +170,7 @@ def results_from(records: Sequence[dict[str, Any]], config: dict[str, Any], elap
         "imaginer": config["identity"]["imaginer"]["name"],
         "reader": config["identity"]["reader"]["name"],
         "elapsed_s_last_session": round(elapsed, 3),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -185,6 +197,7 @@ class RunPlan:
 def plan_run(spec: RunSpec, plugins: Plugins) -> RunPlan:
     """Resolve ``spec``, load its examples and name its run folder (from the configuration hash)."""
     resolved = resolve(spec, plugins)
+    preflight(resolved.imaginer, spec.imaginer_args, resolved.reader, spec.reader_args, purpose="run")
     dataset: Dataset = resolved.dataset.build(**spec.dataset_args)
     examples = load_examples(dataset, spec.split, spec.limit, resolved.dataset.name)
     ident = identity(spec, resolved, examples)
@@ -211,25 +224,48 @@ def run(
     procs = processes or Processes.from_environment()
     plan = plan_run(spec, plugins)
     folder, examples = plan.folder, plan.examples
-    if folder.exists():
-        folder.check(plan.identity, plan.versions)
-        if folder.is_finished():
-            log(f"run already finished: {folder.path} (not recomputed)")
+    finished = _finished_results(plan, procs, log)
+    if finished is not None:
+        return folder, finished
+    lock = folder.lock(procs.rank)  # one writer per (folder, rank): see RunFolder.lock
+    try:
+        if folder.path.is_dir():
+            lock.acquire()  # before any model loads: a second process on this folder stops at once
+            done, todo = todo_examples(folder, examples, procs)
+        else:  # a new folder: nothing done yet (and nothing read before the lock is held)
+            done, todo = set(), [example for example in examples if procs.owns(example.id)]
+        started = time.perf_counter()
+        # build (and so validate) the components before anything is written
+        built = _build_components(spec, plan.resolved, procs) if todo else None
+        if not lock.held:  # a new folder: start it (rank 0) or wait for it, lock it, look again
+            claim_folder(folder, procs, lock, spec.wait_timeout)
+            finished = _finished_results(plan, procs, log)
+            if finished is not None:
+                return folder, finished
+            done, todo = todo_examples(folder, examples, procs)  # no more than before: the components built cover it
+        _open_folder(spec, plan, procs, done, len(todo), non_default, log)
+        status = _predict_todo(spec, plan, procs, built, todo, progress) if built and todo else None
+        if not procs.main:
+            lock.release()  # this rank's shard is written; rank 0 merges it
+            wait_for_file(folder.results_path, spec.wait_timeout, folder.path)
             return folder, folder.results()
+        return folder, _finish(folder, examples, spec, procs, status, time.perf_counter() - started, log)
+    finally:
+        lock.release()
 
-    done = done_ids(folder, procs)
-    todo = [example for example in examples if example.id not in done and procs.owns(example.id)]
-    started = time.perf_counter()
-    # build (and so validate) the components before anything is written
-    built = _build_components(spec, plan.resolved, procs) if todo else None
-    _open_folder(spec, plan, procs, done, len(todo), non_default, log)
-    status: dict[str, Any] | None = None
-    if built is not None:
-        status = _predict_todo(spec, plan, procs, built, todo, progress)
-    if not procs.main:
-        wait_for_file(folder.results_path, spec.wait_timeout, folder.path)
-        return folder, folder.results()
-    return folder, _finish(folder, examples, spec, procs, status, time.perf_counter() - started, log)
+
+def _finished_results(plan: RunPlan, procs: Processes, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The results of a finished run in the plan's folder (after checking it is this configuration's), else None."""
+    folder = plan.folder
+    if not folder.exists():
+        if procs.main:
+            folder.check_new()
+        return None
+    folder.check(plan.identity, plan.versions)
+    if not folder.is_finished():
+        return None
+    log(f"run already finished: {folder.path} (not recomputed)")
+    return folder.results()
 
 
 def _build_components(spec: RunSpec, resolved: Resolved, procs: Processes) -> tuple[str, Imaginer, Reader]:
@@ -264,7 +300,7 @@ def _open_folder(
             "dataset_source": plan.dataset.describe(spec.split),
             "iagbench_version": __version__,
             "non_default_options": non_default or {},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         folder.start(fresh, {**environment(), "world_size": procs.world_size})  # config.json only if new
         done_here = sum(example.id in done for example in plan.examples)
@@ -286,9 +322,10 @@ def _predict_todo(
     """Predict this process's ``todo`` into the folder (or its shard), with a progress bar; return its status."""
     device, imaginer, reader = built
     folder, examples = plan.folder, plan.examples
-    check_components(folder, imaginer, reader)
+    described = {"imaginer": imaginer.describe(), "reader": reader.describe()}
+    folder.check_components(described)  # a resume with components described otherwise is refused
     if procs.main:
-        _record_components(folder, imaginer, reader)
+        folder.record_components(described)
     sizer = BatchSizer.for_setting(spec.batch_size, cuda=device.startswith("cuda"))
     status = {"rank": procs.rank, "world_size": procs.world_size, "device": device}
     shard = ShardWriter(folder.path, procs) if procs.sharded else None
@@ -326,42 +363,11 @@ def _finish(
     by_id = {record["id"]: record for record in records}
     missing = [example.id for example in examples if example.id not in by_id]
     if missing:
-        raise ConfigurationError(f"{folder.predictions_path}: {len(missing)} examples missing after the run (first: {missing[0]})")
+        raise ConfigurationError(
+            f"{folder.predictions_path}: {len(missing)} examples missing after the run (first: {missing[0]})"
+        )
     results = results_from([by_id[example.id] for example in examples], folder.config(), elapsed)
     results["world_size"] = procs.world_size
     results["predicted_by"] = written
     folder.write_results(results)
     return results
-
-
-COMPONENTS = "components.json"
-WHERE_KEYS = frozenset({"device"})  # where a component runs, not what it computes: may change on resume
-
-
-def _describe_components(imaginer: Imaginer, reader: Reader) -> dict[str, Any]:
-    return {"imaginer": imaginer.describe(), "reader": reader.describe()}
-
-
-def _record_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
-    write_json_atomic(folder.path / COMPONENTS, _describe_components(imaginer, reader))
-
-
-def check_components(folder: RunFolder, imaginer: Imaginer, reader: Reader) -> None:
-    """Refuse to resume with components that describe themselves otherwise (a prompt version, a model...).
-
-    The run's identity holds the options as given; what they resolve to can change under them
-    (a new prompt version, another model behind a name), and one run must not mix predictions of both.
-    """
-    path = folder.path / COMPONENTS
-    if not path.is_file():
-        return
-    differences = [
-        difference
-        for difference in diff_paths(read_json(path), json.loads(canonical_json(_describe_components(imaginer, reader))))
-        if difference.rsplit(".", 1)[-1] not in WHERE_KEYS
-    ]
-    if differences:
-        raise RunFolderError(
-            f"{path}: this run's predictions so far were made by components described otherwise (differs in: "
-            f"{', '.join(differences[:5])}); rerun in a new folder (--output) or with the components it was started with"
-        )

@@ -13,8 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.contract.errors import ProcessesError, RunFolderError
+from iagbench.contract.types import Example
+from iagbench.runs.folder import (
+    FolderLock,
+    RunFolder,
+    append_records,
+    read_json,
+    read_records,
+    write_json_atomic,
+    writing,
+)
 from iagbench.runs.processes import Processes, shard_of
-from iagbench.runs.folder import RunFolder, append_records, read_json, read_records, write_json_atomic
 
 SHARD = re.compile(r"predictions\.rank(\d+)-of-(\d+)\.jsonl")
 STATUS = re.compile(r"rank(\d+)-of-(\d+)\.json")
@@ -50,6 +59,24 @@ def done_ids(folder: RunFolder, processes: Processes) -> set[str]:
     main_tail = "repair" if processes.main else "skip"
     ids.update(record["id"] for record in read_records(folder.predictions_path, tail=main_tail))
     return ids
+
+
+def todo_examples(
+    folder: RunFolder, examples: Sequence[Example], processes: Processes
+) -> tuple[set[str], list[Example]]:
+    """The ids already predicted, and this rank's examples left; repairs this rank's own files (hold its lock)."""
+    done = done_ids(folder, processes)
+    return done, [example for example in examples if example.id not in done and processes.owns(example.id)]
+
+
+def claim_folder(folder: RunFolder, processes: Processes, lock: FolderLock, timeout: float) -> None:
+    """Rank 0 makes a new run folder, the other ranks wait for rank 0 to start it; then each takes its lock."""
+    if processes.main:
+        with writing(folder.path):
+            folder.path.mkdir(parents=True, exist_ok=True)
+    else:
+        wait_for_file(folder.config_path, timeout)
+    lock.acquire()
 
 
 class ShardWriter:
@@ -149,7 +176,9 @@ def merge(folder: RunFolder, ordered_ids: Sequence[str]) -> list[dict[str, Any]]
     wanted = set(ordered_ids)
     unknown = [i for i in by_id if i not in wanted]
     if unknown:
-        raise RunFolderError(f"{folder.path}: predictions for {len(unknown)} examples not in this run (first: {unknown[0]})")
+        raise RunFolderError(
+            f"{folder.path}: predictions for {len(unknown)} examples not in this run (first: {unknown[0]})"
+        )
     folder.rewrite_records([by_id[i] for i in ordered_ids if i in by_id])
     for path in shards:
         path.unlink()

@@ -3,6 +3,7 @@ what `train()` resolves from it (plugins, examples, DeepSpeed config) before any
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,9 @@ DISTILLATION_OPTIONS = ("teacher_imaginer", "teacher_imaginer_args", "teacher_re
 def validate(spec: TrainSpec) -> None:
     """Refuse (ConfigurationError, naming the command-line option) what no training run can be."""
     _validate_counts(spec)
-    if spec.lr <= 0 or spec.weight_decay < 0 or spec.max_grad_norm < 0:
-        raise ConfigurationError("--lr must be positive, --weight-decay and --max-grad-norm 0 or more")
+    _check_number("lr", spec.lr, positive=True)
+    _check_number("weight_decay", spec.weight_decay)
+    _check_number("max_grad_norm", spec.max_grad_norm)
     if spec.schedule not in SCHEDULES:
         raise ConfigurationError(f"--schedule {spec.schedule}: expected one of {', '.join(SCHEDULES)}")
     if spec.mixed_precision not in MIXED_PRECISION:
@@ -103,8 +105,8 @@ def _validate_counts(spec: TrainSpec) -> None:
             raise ConfigurationError(f"--{name.replace('_', '-')} {getattr(spec, name)}: expected 0 or more")
     if spec.steps is not None and spec.epochs is not None:
         raise ConfigurationError("give --steps or --epochs, not both")
-    if spec.epochs is not None and spec.epochs <= 0:
-        raise ConfigurationError(f"--epochs {spec.epochs}: expected a positive number")
+    if spec.epochs is not None:
+        _check_number("epochs", spec.epochs, positive=True)
 
 
 def _validate_distillation(spec: TrainSpec) -> None:
@@ -116,12 +118,23 @@ def _validate_distillation(spec: TrainSpec) -> None:
         if given:
             raise ConfigurationError(f"{', '.join(given)}: distillation options need a teacher (--teacher-reader)")
         return
-    if not 0.0 <= spec.alpha <= 1.0:
-        raise ConfigurationError(f"--alpha {spec.alpha}: expected a weight between 0 and 1")
-    if not spec.temperature > 0:
-        raise ConfigurationError(f"--temperature {spec.temperature}: expected a positive number")
-    if spec.hidden_weight < 0 or spec.attention_weight < 0:
-        raise ConfigurationError("--hidden-weight and --attention-weight must be 0 or more")
+    _check_number("alpha", spec.alpha, maximum=1.0)
+    _check_number("temperature", spec.temperature, positive=True)
+    _check_number("hidden_weight", spec.hidden_weight)
+    _check_number("attention_weight", spec.attention_weight)
+
+
+def _check_number(name: str, value: Any, *, positive: bool = False, maximum: float | None = None) -> None:
+    """A finite number, above 0 (``positive``) or 0 or more, and at most ``maximum``; else ConfigurationError naming
+    the option (nan and inf pass no comparison, so each is refused by name)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if number and (value > 0 if positive else value >= 0) and (maximum is None or value <= maximum):
+        return
+    if maximum is not None:
+        expected = f"a number between 0 and {maximum:g}"
+    else:
+        expected = "a finite number above 0" if positive else "a finite number of 0 or more"
+    raise ConfigurationError(f"--{name.replace('_', '-')} {value}: expected {expected}")
 
 
 def _default(name: str) -> Any:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.contract.components import Imaginer, Reader, Trainable
-from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.errors import ConfigurationError, RunFolderError
 from iagbench.contract.plugins import Plugins
-from iagbench.lm.checkpoints import CHECKPOINTS, latest_checkpoint, load_trainable, remove_partial
+from iagbench.contract.preflight import preflight
+from iagbench.lm.checkpoints import CHECKPOINTS, LATEST, latest_checkpoint, remove_partial
 from iagbench.runs.folder import config_hash, folder_name, read_json
 from iagbench.runs.runner import Resolved, check_compatible, load_examples, plugin_versions
 from iagbench.training.build import _build
@@ -39,10 +40,12 @@ from iagbench.training.folder import (
     _truncate_log,
 )
 from iagbench.training.objective import _objective, _optimizer, _trainable, lr_scheduler
+from iagbench.training.resume import choose, read_checkpoint
 from iagbench.training.spec import TrainSpec, _Setup, validate
+from iagbench.training.state import Saved, apply_state
 from iagbench.training.stream import _Layout, _Stream
 from iagbench.training.trainer import _Trainer
-from iagbench.training.zero import OPTIMIZER_FULL, _load_scheduler_and_rng, _reshard
+from iagbench.training.zero import OPTIMIZER_FULL, _reshard
 from iagbench.version import __version__
 
 
@@ -77,6 +80,7 @@ def _resolve(spec: TrainSpec, plugins: Plugins) -> _Setup:
     imaginer = plugins["imaginers"].get(spec.imaginer)
     reader = plugins["readers"].get(spec.reader)
     check_compatible(imaginer, reader)
+    preflight(imaginer, spec.imaginer_args, reader, spec.reader_args, purpose="train")
     dataset = plugins["datasets"].get(spec.dataset)
     em = plugins["metrics"].get("em").build() if spec.eval_every else None
     data = dataset.build(**spec.dataset_args)
@@ -95,6 +99,10 @@ def _resolve(spec: TrainSpec, plugins: Plugins) -> _Setup:
         setup.teacher_imaginer = plugins["imaginers"].get(spec.teacher_imaginer or "none")
         setup.teacher_reader = plugins["readers"].get(spec.teacher_reader)
         check_compatible(setup.teacher_imaginer, setup.teacher_reader)
+        teacher_imaginer_args, teacher_reader_args = spec.teacher_imaginer_args, spec.teacher_reader_args
+        preflight(
+            setup.teacher_imaginer, teacher_imaginer_args, setup.teacher_reader, teacher_reader_args, purpose="run"
+        )
     return setup
 
 
@@ -122,16 +130,14 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Resume:
-    """The checkpoint this session resumes from (None: a fresh start) and what its trainer state says."""
+    """The checkpoint this session resumes from (None: a fresh start) and what was read from it."""
 
     checkpoint: Path | None
-    saved: dict[str, Any]  # its trainer_state.json
-    processes: int  # how many processes saved it
-    reshard: bool  # DeepSpeed's shards were saved by another number of processes
+    saved: Saved | None
 
     @property
     def step(self) -> int:
-        return self.saved.get("step", 0)
+        return self.saved.step if self.saved is not None else 0
 
 
 def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default) -> tuple[Path, dict[str, Any]]:
@@ -142,19 +148,19 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
         return plan.output, _summary(plan.output, finished)
 
     imaginer, reader, parts, checkpointed, distiller = _build(spec, setup)
-    resume = _resume_point(plan, setup)
-    _start_components(imaginer, reader, setup, resume)
+    if not (plan.checkpoints / LATEST).is_file():
+        _prepare_components(imaginer, reader, setup)  # a fresh start
     model = _objective(imaginer, reader, parts, distiller)
     optimizer = _optimizer(parts, spec.lr, spec.weight_decay)
     scheduler = lr_scheduler(optimizer, spec.schedule, spec.warmup_steps, plan.total)
+    resume = _resume_point(plan, setup, accelerator, (imaginer, reader), (model, optimizer, scheduler))
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     if main:
         _start_folder(plan.output, _train_config(spec, setup, plan, non_default))
         remove_partial(plan.checkpoints)
     accelerator.wait_for_everyone()
 
-    restored = _restore(accelerator, model, scheduler, resume, plan.layout)
+    restored = _restore(accelerator, (model, optimizer, scheduler), resume, setup.deepspeed_config is not None)
     if main:
         _truncate_log(plan.output / LOG, resume.step)
     _announce(spec, setup, plan, resume, restored, say)
@@ -213,33 +219,35 @@ def _finished(plan: _Plan, say: Callable[[str], None]) -> Path | None:
     if not (plan.output / TRAIN_CONFIG).exists():
         return None
     _check_folder(plan.output, plan.ident, plan.versions, plan.layout)
-    done = latest_checkpoint(plan.checkpoints)
-    if done is not None and read_json(done / TRAINER_STATE)["step"] >= plan.total:
+    try:
+        done = latest_checkpoint(plan.checkpoints)
+        step = read_json(done / TRAINER_STATE)["step"] if done is not None else 0
+    except (ConfigurationError, RunFolderError, OSError, ValueError, KeyError, TypeError):  # the resume reports it
+        return None
+    if done is not None and isinstance(step, int) and step >= plan.total:
         say(f"training already finished: {done} (step {plan.total})")
         return done
     return None
 
 
-def _resume_point(plan: _Plan, setup: _Setup) -> _Resume:
-    checkpoint = latest_checkpoint(plan.checkpoints)
-    saved = read_json(checkpoint / TRAINER_STATE) if checkpoint is not None else {}
-    processes = saved.get("processes", plan.layout.processes)
-    reshard = checkpoint is not None and setup.deepspeed_config is not None and processes != plan.layout.processes
-    return _Resume(checkpoint, saved, processes, reshard)
+def _resume_point(plan: _Plan, setup: _Setup, accelerator: Any, components: tuple, objects: tuple) -> _Resume:
+    """The newest checkpoint that loads (its weights now in the components), falling back past damaged ones."""
+    trainable = {role: c for role, c in zip(("imaginer", "reader"), components) if _trainable(c) is not None}
+    model, optimizer, scheduler = objects
+    deepspeed, rank = setup.deepspeed_config is not None, accelerator.process_index
+
+    def load(checkpoint: Path) -> Saved:
+        return read_checkpoint(checkpoint, trainable, model, optimizer, scheduler, rank, deepspeed)
+
+    return _Resume(*choose(plan.checkpoints, accelerator, load))
 
 
-def _start_components(imaginer: Imaginer, reader: Reader, setup: _Setup, resume: _Resume) -> None:
-    """Before ``prepare``: on a fresh start, components fit what they fit once (into buffers); resharding ZeRO
-    (whose shards fit their number of processes only) starts from the checkpoint's whole weights instead."""
-    if resume.checkpoint is None:
-        for component in (imaginer, reader):
-            prepare = getattr(component, "prepare", None)
-            if isinstance(component, Trainable) and callable(prepare):
-                prepare(setup.examples)
-    elif resume.reshard:
-        for role, component in (("imaginer", imaginer), ("reader", reader)):
-            if _trainable(component) is not None:
-                load_trainable(component, resume.checkpoint, role)
+def _prepare_components(imaginer: Imaginer, reader: Reader, setup: _Setup) -> None:
+    """On a fresh start (before the optimizer exists), components fit what they fit once (into buffers)."""
+    for component in (imaginer, reader):
+        prepare = getattr(component, "prepare", None)
+        if isinstance(component, Trainable) and callable(prepare):
+            prepare(setup.examples)
 
 
 def _train_config(spec: TrainSpec, setup: _Setup, plan: _Plan, non_default: dict[str, Any] | None) -> dict[str, Any]:
@@ -258,16 +266,20 @@ def _train_config(spec: TrainSpec, setup: _Setup, plan: _Plan, non_default: dict
     }
 
 
-def _restore(accelerator: Any, model: Any, scheduler: Any, resume: _Resume, layout: _Layout) -> bool:
-    """Load the checkpoint's optimizer, scheduler and RNG states; True if ZeRO's were re-sharded from whole moments."""
-    if resume.checkpoint is not None and not resume.reshard:
-        accelerator.load_state(str(resume.checkpoint / STATE))
-    elif resume.reshard:
-        assert resume.checkpoint is not None
-        restored = _reshard(model, resume.checkpoint)
-        _load_scheduler_and_rng(scheduler, resume.checkpoint / STATE, layout.rank)
-        return restored
-    return False
+def _restore(accelerator: Any, prepared: tuple, resume: _Resume, deepspeed: bool) -> bool:
+    """Load the checkpoint's optimizer, schedule and RNG states into the prepared (model, optimizer, scheduler) (its
+    weights are in already); True if DeepSpeed's optimizer state was re-sharded from the whole moments."""
+    saved = resume.saved
+    if saved is None:
+        return False
+    model, optimizer, scheduler = prepared
+    if deepspeed and saved.moments is not None:
+        _reshard(model, saved.weights, saved.moments)
+    apply_state(saved, accelerator, optimizer, scheduler)
+    if deepspeed:  # the learning rate, as a loaded optimizer would have it
+        for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
+    return deepspeed and saved.moments is not None
 
 
 def _announce(
@@ -281,22 +293,20 @@ def _announce(
             f"{layout.processes} process(es) x {spec.grad_accum}), {len(setup.examples)} examples"
         )
         return
-    name = resume.checkpoint.name
+    name, saved_by = resume.checkpoint.name, resume.saved.processes if resume.saved else layout.processes
     say(f"resuming {output} from {name} (step {resume.step} of {plan.total}) with {layout.processes} process(es)")
-    if resume.processes == layout.processes:
-        return
-    change = f"world size changed {resume.processes} -> {layout.processes}"
+    change = f"world size changed {saved_by} -> {layout.processes}: " if saved_by != layout.processes else ""
     if setup.deepspeed_config is None:
-        say(f"{change}: without DeepSpeed the optimizer state is whole on every process and loads as saved")
-    elif restored:
+        if change:
+            say(f"{change}without DeepSpeed the optimizer state is whole on every process and loads as saved")
+    elif not restored:
         say(
-            f"{change}: DeepSpeed ZeRO-{zero_stage(setup.deepspeed_config)} optimizer state re-sharded from "
-            f"the checkpoint's whole fp32 weights and AdamW moments ({STATE}/{OPTIMIZER_FULL})"
+            f"{change}{name} has no whole copy of the optimizer state ({STATE}/{OPTIMIZER_FULL}), and DeepSpeed's "
+            "own shards are not read: optimizer restarted from the saved weights (AdamW moments reset; the "
+            "learning-rate schedule continues)"
         )
-    else:
+    elif change:
         say(
-            f"{change}: {name} has no whole copy of the optimizer state ({STATE}/{OPTIMIZER_FULL}) "
-            f"and DeepSpeed's, saved by {resume.processes} process(es), does not load into {layout.processes}: "
-            "optimizer restarted from the saved weights (AdamW moments reset; the learning-rate schedule "
-            "continues)"
+            f"{change}DeepSpeed ZeRO-{zero_stage(setup.deepspeed_config)} optimizer state re-sharded from "
+            f"the checkpoint's whole fp32 weights and AdamW moments ({STATE}/{OPTIMIZER_FULL})"
         )

@@ -31,6 +31,7 @@ from iagbench.training.distill import _Distiller
 from iagbench.training.folder import LOG, STATE, TRAINER_STATE, _execution
 from iagbench.training.objective import _Batch, _trainable
 from iagbench.training.spec import TrainSpec
+from iagbench.training.state import save_state
 from iagbench.training.stream import _Layout, _Stream
 from iagbench.training.zero import OPTIMIZER_FULL, _gather_zero
 from iagbench.version import __version__
@@ -234,7 +235,9 @@ class _Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp / STATE))  # every process writes its part (RNG states, ZeRO shards)
+        if self.deepspeed:  # DeepSpeed's own shards (pickles), for its tools: a resume never reads them
+            self.model.save_checkpoint(str(tmp / STATE), "pytorch_model")
+        save_state(tmp / STATE, accelerator, self.optimizer, self.scheduler, self.deepspeed)  # each its part
         state_dict = accelerator.get_state_dict(self.model)  # on every process: ZeRO-3 gathers the weights
         # under DeepSpeed: the fp32 weights (not their bf16 copies) and the moments, whole, for any world size
         whole = _gather_zero(self.model) if self.deepspeed else None

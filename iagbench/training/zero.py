@@ -1,13 +1,15 @@
 """DeepSpeed ZeRO in `iagbench train`: the whole fp32 weights and AdamW moments gathered from the shards into
-every checkpoint, and re-sharded from there when a run resumes with another number of processes."""
+every checkpoint, and re-sharded from there when a run resumes (with any number of processes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from iagbench.lm.checkpoints import ROLES, weights_file
+from iagbench.contract.errors import ConfigurationError
+from iagbench.lm.checkpoints import read_weights
 from iagbench.training.folder import STATE
+from iagbench.training.state import Unloadable
 
 OPTIMIZER_FULL = "optimizer_full.safetensors"  # under DeepSpeed: AdamW moments of every trainable parameter, whole
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -51,30 +53,40 @@ def _link_zero_views(zero: Any) -> None:
         link()
 
 
-def _reshard(engine: Any, checkpoint: Path) -> bool:
+def read_moments(checkpoint: Path, model: Any) -> dict[str, Any] | None:
+    """A checkpoint's whole AdamW moments (``state/optimizer_full.safetensors``), checked against ``model``'s
+    trainable parameters (before ``prepare``); None if it has none (an older checkpoint: AdamW restarts)."""
+    file = checkpoint / STATE / OPTIMIZER_FULL
+    if not file.is_file():
+        return None
+    name = f"{STATE}/{OPTIMIZER_FULL}"
+    try:
+        moments = read_weights(file)
+    except ConfigurationError as error:
+        raise Unloadable(f"{name}: {str(error).split(': ', 1)[-1]}") from None
+    if "step" not in moments or moments["step"].numel() != 1:
+        raise Unloadable(f"{name}: no step count")
+    for param_name, param in model.named_parameters():
+        for key in MOMENTS if param.requires_grad else ():
+            moment = moments.get(f"{param_name}.{key}")
+            if moment is None or moment.shape != param.shape:
+                raise Unloadable(f"{name}: no {key} of {param_name} of shape {list(param.shape)}")
+    return moments
+
+
+def _reshard(engine: Any, weights: dict[str, Any], moments: dict[str, Any]) -> None:
     """Load a checkpoint's whole fp32 weights and AdamW moments into this world size's ZeRO shards.
 
     Without DeepSpeed the optimizer state is whole on every process and loads as it is. DeepSpeed ZeRO
     shards it by process, so under DeepSpeed every checkpoint also holds the gathered AdamW moments
-    (``state/optimizer_full.safetensors``) and fp32 weights (the ``*.safetensors`` weights), from which
-    a different number of processes re-shards it. The module already holds the checkpoint's weights
-    (loaded before ``prepare``); this restores the fp32 master copies (exact under bf16) and the
-    optimizer. False if the checkpoint has no whole moments (nothing is changed then: AdamW restarts).
+    (``state/optimizer_full.safetensors``, ``moments``) and fp32 weights (the ``*.safetensors`` weights,
+    ``weights`` by ``parts.<role>.<key>``), from which any number of processes re-shards it (DeepSpeed's
+    own shards are pickles, never read). The module already holds the checkpoint's weights (loaded
+    before ``prepare``); this restores the fp32 master copies (exact under bf16) and the optimizer.
     """
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-    from safetensors.torch import load_file
 
-    file = checkpoint / STATE / OPTIMIZER_FULL
-    if not file.is_file():
-        return False
-    moments = load_file(str(file))
-    step = float(moments.pop("step"))
-    weights = {
-        f"parts.{role}.{key}": value
-        for role in ROLES
-        if (checkpoint / weights_file(role)).is_file()
-        for key, value in load_file(str(checkpoint / weights_file(role))).items()
-    }
+    step = float(moments["step"])
     zero = engine.optimizer  # ZeRO's wrapper; .optimizer is our AdamW over its flat fp32 partitions
     _start_adamw_state(zero, step)
     _link_zero_views(zero)
@@ -84,7 +96,6 @@ def _reshard(engine: Any, checkpoint: Path) -> bool:
         safe_set_full_fp32_param(param, weights[name].float())
         for key in MOMENTS:
             safe_set_full_optimizer_state(param, moments[f"{name}.{key}"], key)
-    return True
 
 
 def _start_adamw_state(zero: Any, step: float) -> None:
@@ -105,13 +116,3 @@ def _start_adamw_state(zero: Any, step: float) -> None:
             state["step"] = torch.tensor(step, dtype=torch.float32, device=flat.device if on_device else None)
             for key in MOMENTS:
                 state[key] = torch.zeros_like(flat, memory_format=torch.preserve_format)
-
-
-def _load_scheduler_and_rng(scheduler: Any, state: Path, rank: int) -> None:
-    """What ``accelerator.load_state`` restores besides model and optimizer: the schedule and this rank's RNG states."""
-    from accelerate.checkpointing import load_accelerator_state, load_custom_state
-
-    load_custom_state(scheduler, str(state), 0)
-    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):  # as a loaded optimizer would have
-        group["lr"] = lr
-    load_accelerator_state(str(state), [], [], [], [], rank, map_location="cpu")  # RNG only; a new rank has none

@@ -272,7 +272,7 @@ def read(path: str | Path, ids: IdMaker, format: str | None = None) -> Iterator[
     """Read one file in ``format`` (detected when None)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigurationError(f"question file {path} does not exist")
+        raise ConfigurationError(f"question file {path} {not_a_file(path)}")
     reader = READERS[check_format(format) if format else detect_format(path)]
     try:
         yield from reader(path, ids)
@@ -280,6 +280,11 @@ def read(path: str | Path, ids: IdMaker, format: str | None = None) -> Iterator[
         raise DataError(path, None, None, f"cannot decompress: {exc}") from None
     except UnicodeDecodeError as exc:
         raise DataError(path, None, None, f"not UTF-8 text: {exc.reason}") from None
+
+
+def not_a_file(path: Path) -> str:
+    """Why ``path`` is not a readable file: "is a folder, not a file" or "does not exist"."""
+    return "is a folder, not a file" if path.is_dir() else "does not exist"
 
 
 def check_format(format: str) -> str:

@@ -120,7 +120,8 @@ class QADataset(Dataset):
             missing = [p for p in self.paths if not p.is_file()]
             if missing:
                 raise ConfigurationError(
-                    f"dataset '{self.name}' split '{split}': file {missing[0].resolve()} does not exist"
+                    f"dataset '{self.name}' split '{split}': file {missing[0].resolve()} "
+                    f"{formats.not_a_file(missing[0])}"
                 )
             return self.paths
         if split not in self.layout:
@@ -139,7 +140,7 @@ class QADataset(Dataset):
         for p in paths:
             if not p.is_file():
                 raise ConfigurationError(
-                    f"dataset '{self.name}' split '{split}': expected file {p.resolve()} does not exist"
+                    f"dataset '{self.name}' split '{split}': expected file {p.resolve()} {formats.not_a_file(p)}"
                 )
         return paths
 

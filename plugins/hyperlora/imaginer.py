@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,13 +16,7 @@ from iagbench.lm.skeletons import reader_skeleton
 
 from .features import build_encoder
 from .hypernetwork import HyperNetwork
-
-
-def parse_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in targets.split(",")) if isinstance(targets, str) else tuple(targets)
-    if not names or not all(names):
-        raise ConfigurationError(f"hyperlora option targets={targets!r}: expected comma-separated module names")
-    return names
+from .preflight import check_pairing, check_sizes, parse_targets
 
 
 class HyperLoRAImaginer(Imaginer, Trainable):
@@ -41,9 +36,7 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         checkpoint: str | None = None,
         device: str = "auto",
     ):
-        for name, value in (("rank", rank), ("hidden", hidden), ("feature_dims", feature_dims)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"hyperlora option {name}={value!r}: expected a positive integer")
+        check_sizes({"rank": rank, "hidden": hidden, "feature_dims": feature_dims})
         self.device = pick_device(device)
         skeleton = reader_skeleton(model)
         self.architecture = architecture_of(skeleton).name
@@ -52,6 +45,11 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         del skeleton
         self.encoder_name = encoder
         self.encoder = build_encoder(encoder, self.device)
+        if feature_dims > self.encoder.dims:
+            raise ConfigurationError(
+                f"hyperlora option feature_dims={feature_dims}: above the {self.encoder.dims} dimensions of encoder "
+                f"'{encoder}' (the whitening keeps at most as many)"
+            )
         self.settings = {
             "model": model,
             "architecture": self.architecture,
@@ -71,6 +69,12 @@ class HyperLoRAImaginer(Imaginer, Trainable):
             load_trainable(self, checkpoint, "imaginer")
         self.network.eval()
 
+    @staticmethod
+    def preflight(pairing: Any) -> None:
+        """Before anything loads (`iagbench.contract.preflight`): weights for a run, fitting the checkpoint and reader."""
+        defaults = {name: p.default for name, p in inspect.signature(HyperLoRAImaginer).parameters.items()}
+        check_pairing(pairing, defaults)
+
     def trainable_module(self) -> torch.nn.Module:
         return self.network
 
@@ -85,6 +89,12 @@ class HyperLoRAImaginer(Imaginer, Trainable):
 
     def prepare(self, examples: Sequence[Example]) -> None:
         """Fit the PCA whitening on the questions of the whole training set (once, before training)."""
+        dims = self.settings["feature_dims"]
+        if len(examples) <= dims:
+            raise ConfigurationError(
+                f"hyperlora option feature_dims={dims}: the whitening needs more training questions than that, got "
+                f"{len(examples)} training questions: lower feature_dims below {len(examples)} or train on more"
+            )
         encoded = torch.cat(
             [self.encoder([e.question for e in examples[i : i + 256]]) for i in range(0, len(examples), 256)]
         )

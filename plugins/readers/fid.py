@@ -21,6 +21,7 @@ from iagbench.lm.t5_models import load_t5, resolve_t5
 from .fid_decoding import StaticSeq2SeqDecoder, greedy_decode_seq2seq
 from .fid_inputs import FID_FORMAT, Encoded, pack_rows
 from .fid_options import check_fid_options
+from .question_cut import cut_question
 
 
 class FiDReader(AdapterHost, Reader, Trainable, Distillable):
@@ -171,25 +172,39 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
     def encoder_inputs(
         self, examples: Sequence[Example], contexts: Sequence[Context]
     ) -> tuple[list[list[int]], list[int], list[dict[str, Any]]]:
-        """Token ids of every encoder row (text_maxlength at most, end token last), the example of each row, and per-example info."""
+        """Token ids of every encoder row (text_maxlength at most, end token last), the example of each row, and per-example info.
+
+        A question longer than its row is cut first (only its head is tokenized), recorded as ``question_cut``.
+        """
         if len(examples) != len(contexts):
             raise ValueError(f"{len(examples)} examples but {len(contexts)} contexts")
-        texts, rows, counts = [], [], []
+        texts, rows, counts, question_cuts = [], [], [], []
+        question_room = self.question_room()
         for index, (example, context) in enumerate(zip(examples, contexts)):
-            own = self.format.texts(example.question, context.passages)
+            question, question_cut = cut_question(self.tokenizer, example.question, question_room)
+            own = self.format.texts(question, context.passages)
             texts.extend(own)
             rows.extend([index] * len(own))
             counts.append(len(context.passages))
+            question_cuts.append(question_cut)
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         room = self.text_maxlength - 1
         cut = [len(row) > room for row in ids]
         ids = [row[:room] + [self.eos_id] for row in ids]
-        info = [{"passages": n, "passages_cut": 0, "input_tokens": 0} for n in counts]
+        info: list[dict[str, Any]] = [{"passages": n, "passages_cut": 0, "input_tokens": 0} for n in counts]
         for row, example_index in enumerate(rows):
             info[example_index]["input_tokens"] += len(ids[row])
-            if cut[row]:
+            if cut[row] and counts[example_index]:  # a closed-book row holds no passage to count as cut
                 info[example_index]["passages_cut"] += 1
+        for entry, question_cut in zip(info, question_cuts):
+            if question_cut is not None:
+                entry["question_cut"] = question_cut
         return ids, rows, info
+
+    def question_room(self) -> int:
+        """Tokens a question may take: its encoder row (``text_maxlength``, end token aside) less the question prefix."""
+        prefix = self.tokenizer(self.format.question.format(question=""), add_special_tokens=False)["input_ids"]
+        return max(self.text_maxlength - 1 - len(prefix), 1)
 
     def encode(self, examples: Sequence[Example], contexts: Sequence[Context], lora: Any = None) -> Encoded:
         """Every passage of the batch through the encoder (one call, or ``encoder_batch_size`` rows at a time), packed per example.

@@ -49,7 +49,8 @@ def open_corpus(path: str | os.PathLike[str] | None, format: str | None = None) 
         )
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
-        raise ConfigurationError(f"corpus file {path} does not exist")
+        why = "is a folder, not a file" if resolved.is_dir() else "does not exist"
+        raise ConfigurationError(f"corpus file {path} {why}")
     if format is not None and format not in FORMATS:
         raise ConfigurationError(f"unknown corpus format '{format}'; known formats: {', '.join(FORMATS)}")
     return Corpus(resolved, format or detect_format(resolved), cached_sha256(resolved))

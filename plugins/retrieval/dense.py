@@ -19,6 +19,7 @@ from iagbench import ConfigurationError
 from iagbench.files.cache import folder_sha256
 from iagbench.lm.devices import pick_device
 from iagbench.lm.encoders import DEFAULT_MODEL, resolve_encoder
+from iagbench.lm.models import loading
 
 from .base import DEFAULT_K, CorpusRetriever, Hits, check_flag, check_positive_int, top_k, top_k_arrays
 from .corpus import PassageStore, passage_text
@@ -51,7 +52,10 @@ class Encoder:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.device = pick_device(device)
         started = time.perf_counter()
-        self.model = SentenceTransformer(str(self.folder), device=self.device, local_files_only=True)
+        with loading("local", str(self.folder)):  # custom code (auto_map, own module classes) is refused, never run
+            self.model = SentenceTransformer(
+                str(self.folder), device=self.device, local_files_only=True, trust_remote_code=False
+            )
         if max_length is not None:
             self.model.max_seq_length = check_positive_int(max_length, "max_length")
         self.max_length = int(self.model.max_seq_length)
@@ -235,6 +239,7 @@ class DenseRetriever(CorpusRetriever):
         format: str | None = None,
         progress: bool | None = None,
     ):
+        resolve_encoder(model)  # a model that cannot be had fails before the passage store is built
         super().__init__(corpus, k, format, progress)
         self.encoder = Encoder(model, normalize=normalize, max_length=max_length, device=device, batch_size=batch_size)
         self.dense = DenseIndex(
