@@ -1,7 +1,7 @@
 """iagbench: a plugin-based benchmark harness for open-domain question answering."""
 
 from iagbench.contract.adapters import LoRAAdapter
-from iagbench.contract.components import Dataset, Distillable, Imaginer, Metric, Reader, Trainable
+from iagbench.contract.components import Dataset, Distillable, Exportable, Imaginer, Metric, Reader, Trainable
 from iagbench.contract.errors import ConfigurationError, DataError, IagbenchError, UnknownNameError
 from iagbench.contract.hookspecs import hookimpl
 from iagbench.contract.types import Answer, Context, Example, Passage
@@ -15,6 +15,7 @@ __all__ = [
     "Dataset",
     "Distillable",
     "Example",
+    "Exportable",
     "IagbenchError",
     "Imaginer",
     "LoRAAdapter",

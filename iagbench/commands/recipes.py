@@ -45,7 +45,7 @@ class Recipe:
     path: Path
     sha256: str
     description: str
-    row: str
+    row: str  # "" when the recipe is no paper-table row
     sections: dict[str, dict[str, Any]]
     placeholders: dict[str, str] = field(default_factory=dict)
 
@@ -99,9 +99,10 @@ def load(name: str) -> Recipe:
             raise ConfigurationError(
                 f"{path}: unknown key '{key}'{_did_you_mean(key, TOP_KEYS)} (expected: {', '.join(sorted(TOP_KEYS))})"
             )
-    for key in ("description", "row"):
-        if not isinstance(content.get(key), str) or not content[key].strip():
-            raise ConfigurationError(f"{path}: key '{key}': expected a non-empty string")
+    if not isinstance(content.get("description"), str) or not content["description"].strip():
+        raise ConfigurationError(f"{path}: key 'description': expected a non-empty string")
+    if "row" in content and (not isinstance(content["row"], str) or not content["row"].strip()):
+        raise ConfigurationError(f"{path}: key 'row': expected a non-empty string (or leave it out)")
     sections = {}
     for section in SECTIONS:
         if section in content:
@@ -118,7 +119,7 @@ def load(name: str) -> Recipe:
         path,
         hashlib.sha256(data).hexdigest(),
         content["description"].strip(),
-        content["row"].strip(),
+        content.get("row", "").strip(),  # optional: the paper-table row it reproduces
         sections,
         dict(placeholders),
     )
@@ -178,7 +179,7 @@ class RecipeMerge:
             where = f"{recipe.path}: [{command}] key '{dest}'"
             value = resolve(value, dest)
             if dest.endswith("_args"):
-                merged[dest] = _as_options(value, recipe.path, command, dest)
+                merged[dest] = as_options(value, recipe.path, command, dest)
             elif dest in given or options.partners(dest) & set(given) or value == "":
                 continue
             else:
@@ -237,7 +238,7 @@ class _Resolver:
         return PLACEHOLDER.sub(replace, text)
 
 
-def _as_options(value: Any, path: Path, command: str, dest: str) -> dict[str, Any]:
+def as_options(value: Any, path: Path, command: str, dest: str) -> dict[str, Any]:
     if isinstance(value, str):
         return parse_options(value, flag=f"{path}: [{command}] {dest}")
     if not isinstance(value, dict):
@@ -282,5 +283,5 @@ def configure(options: Any) -> None:
 
 def run(invocation: Any) -> int:
     for name, row, description in listing():
-        print(f"{name:<16} {row}: {description}")
+        print(f"{name:<16} {row}: {description}" if row else f"{name:<16} {description}")
     return 0

@@ -16,9 +16,12 @@ from iagbench.commands.arguments import (
     names,
     positive,
 )
+from iagbench.commands.experiment import add_experiment_arguments, is_experiment
+from iagbench.commands.experiment import jobs as experiment_jobs
 from iagbench.commands.logs import info
 from iagbench.commands.recipes import add_recipe_arguments
 from iagbench.contract.errors import ConfigurationError
+from iagbench.contract.job import JobSpec
 from iagbench.runs.batching import AUTO
 from iagbench.runs.runner import RunSpec
 
@@ -29,7 +32,9 @@ DEFAULTS = {f.name: f.default for f in fields(RunSpec)}
 
 
 def configure(options: CommandOptions) -> None:
-    add_data_options(options)
+    add_data_options(
+        options, fraction=True, limit_help="only the first N examples, or with 0 < X < 1 the first ceil(X * N)"
+    )
     add_component_options(options)
     options.add("--metrics", default="", help="comma-separated metric names (default: all registered)")
     add_batch_size(options, DEFAULTS["batch_size"], auto=True, help=(
@@ -45,6 +50,7 @@ def configure(options: CommandOptions) -> None:
                 help="under torchrun and the like: how long a process waits for the others' files without progress "
                 "(default: 1800)")  # fmt: skip
     add_recipe_arguments(options.parser)
+    add_experiment_arguments(options.parser)
 
 
 def run(invocation: Invocation) -> int:
@@ -53,19 +59,32 @@ def run(invocation: Invocation) -> int:
     from iagbench.runs.processes import Processes
     from iagbench.runs.runner import run as run_job
 
-    job = invocation.job()
+    several = is_experiment(invocation.args)
+    jobs = list(experiment_jobs(invocation.options, invocation.args)) if several else [invocation.job()]
+    specs = [spec_of(job) for job in jobs]  # every entry checked before the first runs
+    processes = Processes.from_environment()
+    folders = []
+    for number, (job, spec) in enumerate(zip(jobs, specs), 1):
+        if several:
+            info(f"run {number} of {len(jobs)}: {spec.dataset} {spec.imaginer}+{spec.reader}")
+        folder, _ = run_job(spec, invocation.plugins, progress=job.progress, log=info, non_default=job.non_default,
+                            processes=processes)  # fmt: skip
+        folders.append(RunFolder(folder.path))
+    if processes.main:  # one table from a multi-process run
+        print(render(folders))
+        print("\n" + "\n".join(f"run folder: {folder.path}" for folder in folders))
+    return 0
+
+
+def spec_of(job: JobSpec) -> RunSpec:
+    """The runner's spec of one job, its settings checked."""
     settings = job.settings
     if settings["batch_size"] != AUTO and settings["batch_size"] < 1:
         raise ConfigurationError(f"--batch-size {settings['batch_size']}: expected a positive integer or auto")
     if settings["wait_timeout"] <= 0:
         raise ConfigurationError(f"--wait-timeout {settings['wait_timeout']}: expected a positive number of seconds")
-    positive(job.limit, "--limit")
-    spec = RunSpec(**job.components(), output=job.output, metrics=names(settings["metrics"]), batch_size=settings["batch_size"],
-                   seed=settings["seed"], runs_dir=settings["runs_dir"], wait_timeout=settings["wait_timeout"])  # fmt: skip
-    processes = Processes.from_environment()
-    folder, _ = run_job(spec, invocation.plugins, progress=job.progress, log=info, non_default=job.non_default,
-                        processes=processes)  # fmt: skip
-    if processes.main:  # one table from a multi-process run
-        print(render([RunFolder(folder.path)]))
-        print(f"\nrun folder: {folder.path}")
-    return 0
+    if not isinstance(job.limit, float):  # a fraction was checked when read
+        positive(job.limit, "--limit")
+    return RunSpec(**job.components(), output=job.output, metrics=names(settings["metrics"]),
+                   batch_size=settings["batch_size"], seed=settings["seed"], runs_dir=settings["runs_dir"],
+                   wait_timeout=settings["wait_timeout"])  # fmt: skip

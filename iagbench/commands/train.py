@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from iagbench.commands.arguments import (
     CommandOptions,
@@ -18,7 +19,7 @@ from iagbench.commands.arguments import (
 )
 from iagbench.commands.logs import info
 from iagbench.commands.recipes import add_recipe_arguments
-from iagbench.training.spec import MIXED_PRECISION, SCHEDULES, TrainSpec
+from iagbench.training.spec import KD_POSITIONS, KD_SCALES, MIXED_PRECISION, REPORT_TO, SCHEDULES, TrainSpec
 
 NAME = "train"
 HELP = "train an imaginer + reader pair's trainable parts (resumable; torchrun, accelerate launch, deepspeed)"
@@ -41,6 +42,7 @@ def configure(options: CommandOptions) -> None:
     train_dir = Path(os.environ.get(TRAIN_DIR_ENV, "trained"))
     options.add("--train-dir", type=Path, default=train_dir, help="where default output folders go")
     add_progress(options)
+    _tracking_options(options)
     add_recipe_arguments(options.parser)
     # the deepspeed launcher may put --local_rank=N after the command too; the rank comes from the environment
     options.parser.add_argument(
@@ -129,6 +131,29 @@ def _distillation_options(options: CommandOptions) -> None:
         default=DEFAULTS["attention_weight"],
         help="MSE of the last decoder self-attention maps (default: 0)",
     )
+    _reference_kd_options(options, group)
+
+
+def _reference_kd_options(options: CommandOptions, group: Any) -> None:
+    """The ImcQA reference's KD loss (docs/fidelity.md): --kd-scale none --kd-positions all --kl-term."""
+    add = options.add
+    scale_help = "t2: KD times T^2 (Hinton et al.); none: without, as the ImcQA reference (default: t2)"
+    add("--kd-scale", group=group, default=DEFAULTS["kd_scale"], choices=KD_SCALES, help=scale_help)
+    positions_help = (
+        "answer: KD averaged over real answer tokens; all: over every target position, padding included, as the "
+        "reference (with fid-t5 answer_positions=256) (default: answer)"
+    )
+    add("--kd-positions", group=group, default=DEFAULTS["kd_positions"], choices=KD_POSITIONS, help=positions_help)
+    kl_help = "add the reference's use_kl term sigmoid(k) * k, k = KL at T=4 / 100 (logged as kl_term)"
+    add("--kl-term", group=group, action="store_true", help=kl_help)
+
+
+def _tracking_options(options: CommandOptions) -> None:
+    """Trackers and the best checkpoint (issue 16): how a session reports, not part of the run's identity."""
+    report_help = "also log to accelerate's tracker, under the output folder (tensorboard/, wandb/) (default: none)"
+    options.add("--report-to", default=DEFAULTS["report_to"], choices=REPORT_TO, help=report_help)
+    best_help = "keep the best dev checkpoint by METRIC (em) as checkpoints/best, never pruned; needs --eval-every"
+    options.add("--keep-best", metavar="METRIC", help=best_help)
 
 
 def run(invocation: Invocation) -> int:

@@ -19,6 +19,7 @@ class LoRAAdapter:
     a: dict[str, torch.Tensor]
     b: dict[str, torch.Tensor]
     scale: float = 1.0
+    base_dropout: float = 0.0  # dropout on the frozen layer's output while the adapter applies (the ImcQA reference)
 
     def describe(self) -> dict[str, Any]:
         """A summary for predictions.jsonl (norms, not weights)."""

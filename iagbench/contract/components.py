@@ -1,4 +1,4 @@
-"""The interfaces a plugin implements: Dataset, Imaginer, Reader, Metric (and Trainable, Distillable).
+"""The interfaces a plugin implements: Dataset, Imaginer, Reader, Metric (and Trainable, Distillable, Exportable).
 
 Factories registered through the hooks build these from keyword options. An imaginer
 factory declares ``provides`` and a reader factory ``accepts`` as attributes (class
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from iagbench.contract.types import Context, Example, Passage
@@ -125,3 +126,17 @@ class Trainable:
 
     def loss(self, examples: Sequence[Example], contexts: Sequence[Context]) -> Any:
         raise NotImplementedError(f"{type(self).__name__} cannot compute a training loss")
+
+
+class Exportable(ABC):
+    """A trainable component whose trained state `iagbench export` writes in its own library's format.
+
+    `iagbench export CHECKPOINT --output DIR` builds the component from the checkpoint's ``config.json``
+    (name and options, plus ``checkpoint=CHECKPOINT``) through the plugin registry and calls ``export``:
+    e.g. a peft adapter folder (``PeftModel.from_pretrained(base, DIR)``), a ``save_pretrained`` model folder,
+    or a safetensors file with a JSON config.
+    """
+
+    @abstractmethod
+    def export(self, folder: Path) -> dict[str, Any]:
+        """Write the trained state into the (new, empty) ``folder``; return what was written (``format``, files)."""

@@ -15,6 +15,8 @@ from iagbench.contract.errors import ConfigurationError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"  # the best dev checkpoint (iagbench train --keep-best), a marker file like ``latest``
+MARKERS = (LATEST, BEST)
 ROLES = ("imaginer", "reader")
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
 
@@ -29,9 +31,9 @@ def weights_file(role: str) -> str:
     return f"{role}.safetensors"
 
 
-def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The complete checkpoint that ``checkpoints_dir/latest`` names, or None before the first one."""
-    marker = checkpoints_dir / LATEST
+def latest_checkpoint(checkpoints_dir: Path, marker_name: str = LATEST) -> Path | None:
+    """The complete checkpoint that ``checkpoints_dir/latest`` (or another marker) names, or None before the first."""
+    marker = checkpoints_dir / marker_name
     if not marker.is_file():
         return None
     name = marker.read_text(encoding="utf-8", errors="replace").strip()
@@ -42,8 +44,11 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 
 def latest_of_training(path: str | Path) -> Path | None:
-    """The checkpoint ``latest`` names in a training output folder or in its ``checkpoints`` folder, else None."""
+    """The checkpoint ``latest`` names in a training output folder or in its ``checkpoints`` folder, or the one a
+    marker file (``checkpoints/latest``, ``checkpoints/best``) names; else None."""
     path = Path(path)
+    if path.name in MARKERS and path.is_file():
+        return latest_checkpoint(path.parent, path.name)
     for checkpoints_dir in (path / CHECKPOINTS, path):
         found = latest_checkpoint(checkpoints_dir)
         if found is not None:
@@ -135,8 +140,13 @@ def save_weights(state_dict: dict[str, Any], file: Path) -> None:
 
 def write_latest(checkpoints_dir: Path, folder_name: str) -> None:
     """Point ``latest`` at a complete checkpoint, atomically."""
-    marker = checkpoints_dir / LATEST
-    tmp = marker.with_name(LATEST + ".tmp")
+    write_marker(checkpoints_dir, LATEST, folder_name)
+
+
+def write_marker(checkpoints_dir: Path, marker_name: str, folder_name: str) -> None:
+    """Point the marker file ``marker_name`` (``latest``, ``best``) at a complete checkpoint, atomically."""
+    marker = checkpoints_dir / marker_name
+    tmp = marker.with_name(marker_name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(folder_name + "\n")
         handle.flush()
@@ -157,14 +167,22 @@ def checkpoint_folders(checkpoints_dir: Path) -> list[tuple[int, Path]]:
 
 
 def prune(checkpoints_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (0 keeps all); never the one ``latest`` names."""
+    """Delete all but the newest ``keep`` checkpoints (0 keeps all); never the ones ``latest`` and ``best`` name."""
     if keep <= 0:
         return
-    current = latest_checkpoint(checkpoints_dir)
+    kept = {marked.resolve() for name in MARKERS if (marked := _marked(checkpoints_dir, name)) is not None}
     folders = checkpoint_folders(checkpoints_dir)
     for _, folder in folders[: max(0, len(folders) - keep)]:
-        if current is None or folder.resolve() != current.resolve():
+        if folder.resolve() not in kept:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _marked(checkpoints_dir: Path, marker_name: str) -> Path | None:
+    """The folder a marker names, or None (no marker, or one naming no folder: it protects nothing)."""
+    try:
+        return latest_checkpoint(checkpoints_dir, marker_name)
+    except ConfigurationError:
+        return None
 
 
 def remove_partial(checkpoints_dir: Path) -> None:

@@ -135,6 +135,7 @@ class BatchedLoRA:
         self._b: dict[str, torch.Tensor] = {}
         self._rows: dict[str, torch.Tensor | None] = {}
         self._scale = 1.0
+        self._dropout = 0.0
         self._handles = [
             module.register_forward_hook(self._hook(kind, layer)) for (kind, layer), module in self.modules.items()
         ]
@@ -157,6 +158,8 @@ class BatchedLoRA:
                     f"give the {stack} a row map (BatchedLoRA.route)"
                 )
             delta = torch.matmul(torch.matmul(x.to(a.dtype), a), b)
+            if self._dropout:  # out = dropout(linear(x)) + x A B (model/model.py:336)
+                output = torch.nn.functional.dropout(output, self._dropout, training=True)
             return output + (delta * self._scale).to(output.dtype)
 
         return add_lora
@@ -175,6 +178,7 @@ class BatchedLoRA:
         self._a = {kind: self._stack([ad.a[kind] for ad in adapters], dtype, device) for kind in self.shapes}
         self._b = {kind: self._stack([ad.b[kind] for ad in adapters], dtype, device) for kind in self.shapes}
         self._scale = adapters[0].scale
+        self._dropout = adapters[0].base_dropout
         self._rows = {}
         for stack, index in (rows or {}).items():
             self.route(stack, index)
@@ -223,6 +227,8 @@ class BatchedLoRA:
                     )
             if {round(a.scale, 12) for a in adapters} != {round(adapters[0].scale, 12)}:
                 raise ConfigurationError("adapters of one batch must share their scale")
+            if adapter.base_dropout != adapters[0].base_dropout:
+                raise ConfigurationError("adapters of one batch must share their base_dropout")
 
     def remove(self) -> None:
         for handle in self._handles:

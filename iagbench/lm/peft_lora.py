@@ -27,6 +27,7 @@ def add_peft_lora(reader: Any, rank: int, targets: Sequence[str] | None = None) 
     modules = list(targets) if targets else peft_targets(reader.model)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules)
     reader.model = get_peft_model(reader.model, config)
+    reader.peft_model = reader.model  # what iagbench.lm.export.export_peft_adapter saves (readers may unwrap it)
     weights = torch.nn.ModuleDict()
     for name, module in reader.model.named_modules():
         if hasattr(module, "lora_A") and len(module.lora_A):

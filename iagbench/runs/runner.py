@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,7 @@ class RunSpec:
     imaginer_args: dict[str, Any] = field(default_factory=dict)
     reader_args: dict[str, Any] = field(default_factory=dict)
     metrics: Sequence[str] | None = None
-    limit: int | None = None
+    limit: int | float | None = None  # a float 0 < x < 1: the first ceil(x * N) examples
     batch_size: int | str = 16  # or "auto" (see iagbench.runs.batching)
     order: str = "length"
     seed: int = 0
@@ -101,16 +103,20 @@ def check_compatible(imaginer: Entry, reader: Entry) -> None:
         )
 
 
-def load_examples(dataset: Dataset, split: str, limit: int | None, dataset_name: str) -> list[Example]:
+def load_examples(dataset: Dataset, split: str, limit: int | float | None, dataset_name: str) -> list[Example]:
+    """The split's examples: all, the first ``limit`` (an integer), or the first ceil(limit * N) (0 < limit < 1)."""
     if split not in dataset.splits:
         raise ConfigurationError(
             f"dataset '{dataset_name}' has no split '{split}'; splits: {', '.join(dataset.splits)}"
         )
+    fraction = isinstance(limit, float) and 0 < limit < 1
     examples = []
     for example in dataset.load(split):
-        if limit is not None and len(examples) >= limit:
+        if limit is not None and not fraction and len(examples) >= limit:
             break
         examples.append(example)
+    if fraction:
+        examples = examples[: math.ceil(Fraction(repr(limit)) * len(examples))]  # exact: 0.1 * 30 is 3, not 4
     if not examples:
         raise ConfigurationError(f"dataset '{dataset_name}' split '{split}' has no examples")
     return examples

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from iagbench.files.cache import cached_sha256, folder_sha256
-from iagbench.lm.checkpoints import latest_of_training
+from iagbench.lm.checkpoints import MARKERS, latest_of_training
 
 
 def component_identity(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,8 +31,9 @@ def source_fingerprints(options: Mapping[str, Any]) -> dict[str, str]:
 
 
 def path_fingerprint(path: Path) -> str:
-    """``sha256:<hex>`` of a file's or folder's content; a training output's: ``step-N sha256:<hex>`` of its latest."""
-    if path.is_file():
+    """``sha256:<hex>`` of a file's or folder's content; a training output's (or a checkpoint marker's, such as
+    ``checkpoints/best``): ``step-N sha256:<hex>`` of the checkpoint it names."""
+    if path.is_file() and path.name not in MARKERS:
         return f"sha256:{cached_sha256(path)}"
     checkpoint = latest_of_training(path)
     if checkpoint is not None:

@@ -68,7 +68,8 @@ class _Distiller:
             temperature=self.temperature(),
             hidden=(student_states["hidden"], teacher_states["hidden"]) if hidden else None, hidden_weight=spec.hidden_weight,
             attention=(student_states["attention"], teacher_states["attention"]) if attention else None,
-            attention_weight=spec.attention_weight,
+            attention_weight=spec.attention_weight, t_squared=spec.kd_scale == "t2", kd_positions=spec.kd_positions,
+            kl_term=spec.kl_term,
         )  # fmt: skip
         self.parts = {name: value.detach().float() for name, value in result._asdict().items()
                       if name != "total" and value is not None}  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 
 from iagbench.contract.errors import ConfigurationError
 from iagbench.training.spec import TrainSpec
+from iagbench.training.tracking import check_tracker
 
 _LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -100,6 +101,10 @@ def make_accelerator(spec: TrainSpec, deepspeed_config: dict[str, Any] | None, m
             options["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     elif not cuda:
         options["cpu"] = True  # torchrun on the CPU: gloo, data-parallel over processes
+    log_with = check_tracker(spec.report_to)  # --report-to: accelerate's tracker, its package checked first
+    if log_with is not None:
+        options["log_with"] = log_with
+        options["project_dir"] = str(spec.output or spec.train_dir)  # the output folder, once known: start_trackers
     accelerator = Accelerator(**options)
     _fit_micro_batch(accelerator, spec)
     return accelerator

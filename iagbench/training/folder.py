@@ -64,7 +64,15 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
             "hidden_weight": spec.hidden_weight,
             "attention_weight": spec.attention_weight,
         }
+        ident["distillation"].update(_reference_kd(spec))
     return ident
+
+
+def _reference_kd(spec: TrainSpec) -> dict[str, Any]:
+    """The reference-KD options that differ from their defaults: runs with the defaults keep their identity."""
+    from iagbench.training.spec import REFERENCE_KD_OPTIONS, _default
+
+    return {name: getattr(spec, name) for name in REFERENCE_KD_OPTIONS if getattr(spec, name) != _default(name)}
 
 
 def _execution(spec: TrainSpec, layout: _Layout) -> dict[str, Any]:
@@ -139,4 +147,14 @@ def _summary(output: Path, checkpoint: Path) -> dict[str, Any]:
         "step": state["step"],
         "loss": last.get("loss"),
         "eval_em": last.get("eval_em"),
+        **_best_summary(output, state),
     }
+
+
+def _best_summary(output: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """With --keep-best: the best dev checkpoint (``checkpoints/best``), its step and metric value."""
+    best = state.get("best")
+    if not best:
+        return {}
+    checkpoint = output / "checkpoints" / "best"
+    return {"best": {**best, "checkpoint": str(checkpoint) if checkpoint.is_file() else None}}

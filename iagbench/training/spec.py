@@ -59,13 +59,24 @@ class TrainSpec:
     temperature: float = 1.0  # T0 of temperature_at(step, T0)
     hidden_weight: float = 0.0  # cosine loss between the readers' last decoder hidden states
     attention_weight: float = 0.0  # squared error between their last decoder self-attention maps
+    # the ImcQA reference's KD loss (docs/fidelity.md): no T^2, every target position, the extra KL term
+    kd_scale: str = "t2"  # "t2": KD times T^2; "none": as the reference (cal_loss)
+    kd_positions: str = "answer"  # "answer": real answer tokens; "all": every position of the logits
+    kl_term: bool = False  # add the reference's sigmoid(k) * k term (use_kl)
     output: Path | None = None
     train_dir: Path = DEFAULT_TRAIN_DIR
+    # trackers and the best checkpoint (issue 16): not in the identity (report_to is how a session runs)
+    report_to: str = "none"  # tensorboard | wandb | none: accelerate's trackers, under the output folder
+    keep_best: str | None = None  # an eval metric (em or eval_em): the best dev checkpoint as checkpoints/best
 
 
 # what only means something with a teacher (--teacher-reader)
 DISTILLATION_OPTIONS = ("teacher_imaginer", "teacher_imaginer_args", "teacher_reader_args", "alpha", "temperature",
                         "hidden_weight", "attention_weight")  # fmt: skip
+REFERENCE_KD_OPTIONS = ("kd_scale", "kd_positions", "kl_term")  # recorded in the identity only when not the default
+DISTILLATION_OPTIONS += REFERENCE_KD_OPTIONS
+KD_SCALES = ("t2", "none")
+KD_POSITIONS = ("answer", "all")  # iagbench.lm.distill.KD_POSITIONS, without importing torch
 
 
 def validate(spec: TrainSpec) -> None:
@@ -81,6 +92,7 @@ def validate(spec: TrainSpec) -> None:
             f"--mixed-precision {spec.mixed_precision}: expected one of {', '.join(MIXED_PRECISION)}"
         )
     _validate_distillation(spec)
+    _validate_tracking(spec)
 
 
 def _validate_counts(spec: TrainSpec) -> None:
@@ -122,6 +134,37 @@ def _validate_distillation(spec: TrainSpec) -> None:
     _check_number("temperature", spec.temperature, positive=True)
     _check_number("hidden_weight", spec.hidden_weight)
     _check_number("attention_weight", spec.attention_weight)
+    _check_reference_kd(spec)
+
+
+def _check_reference_kd(spec: TrainSpec) -> None:
+    """--kd-scale, --kd-positions and --kl-term within their choices."""
+    if spec.kd_scale not in KD_SCALES:
+        raise ConfigurationError(f"--kd-scale {spec.kd_scale}: expected one of {', '.join(KD_SCALES)}")
+    if spec.kd_positions not in KD_POSITIONS:
+        raise ConfigurationError(f"--kd-positions {spec.kd_positions}: expected one of {', '.join(KD_POSITIONS)}")
+    if not isinstance(spec.kl_term, bool):
+        raise ConfigurationError(f"--kl-term {spec.kl_term!r}: expected true or false")
+
+
+REPORT_TO = ("none", "tensorboard", "wandb")
+BEST_METRICS = {"em": "eval_em", "eval_em": "eval_em"}  # --keep-best name -> the log.jsonl key it reads
+
+
+def _validate_tracking(spec: TrainSpec) -> None:
+    """--report-to one of REPORT_TO; --keep-best an evaluation metric, and only with --eval-every."""
+    if spec.report_to not in REPORT_TO:
+        raise ConfigurationError(f"--report-to {spec.report_to}: expected one of {', '.join(REPORT_TO)}")
+    if spec.keep_best is None:
+        return
+    if spec.keep_best not in BEST_METRICS:
+        raise ConfigurationError(
+            f"--keep-best {spec.keep_best}: expected an evaluation metric ({', '.join(BEST_METRICS)})"
+        )
+    if not spec.eval_every:
+        raise ConfigurationError(
+            f"--keep-best {spec.keep_best}: needs --eval-every N (the dev evaluations it compares)"
+        )
 
 
 def _check_number(name: str, value: Any, *, positive: bool = False, maximum: float | None = None) -> None:

@@ -15,7 +15,7 @@ from iagbench.contract.components import Imaginer, Reader, Trainable
 from iagbench.contract.errors import ConfigurationError, RunFolderError
 from iagbench.contract.plugins import Plugins
 from iagbench.contract.preflight import preflight
-from iagbench.lm.checkpoints import CHECKPOINTS, LATEST, latest_checkpoint, remove_partial
+from iagbench.lm.checkpoints import CHECKPOINTS, LATEST, latest_checkpoint, remove_partial, step_folder_name
 from iagbench.runs.folder import config_hash, folder_name, read_json
 from iagbench.runs.runner import Resolved, check_compatible, load_examples, plugin_versions
 from iagbench.training.build import _build
@@ -27,6 +27,7 @@ from iagbench.training.distributed import (
     resolve_mixed_precision,
     zero_stage,
 )
+from iagbench.training.extend import extended_folder, extension, record_extension
 from iagbench.training.folder import (
     LOG,
     STATE,
@@ -44,6 +45,7 @@ from iagbench.training.resume import choose, read_checkpoint
 from iagbench.training.spec import TrainSpec, _Setup, validate
 from iagbench.training.state import Saved, apply_state
 from iagbench.training.stream import _Layout, _Stream
+from iagbench.training.tracking import _Best, start_trackers
 from iagbench.training.trainer import _Trainer
 from iagbench.training.zero import OPTIMIZER_FULL, _reshard
 from iagbench.version import __version__
@@ -122,6 +124,7 @@ class _Plan:
     name: str
     output: Path
     versions: dict[str, Any]
+    extended: bool = False  # a finished run continued to more --steps (iagbench.training.extend)
 
     @property
     def checkpoints(self) -> Path:
@@ -157,8 +160,11 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
     model, optimizer = accelerator.prepare(model, optimizer)
     if main:
         _start_folder(plan.output, _train_config(spec, setup, plan, non_default))
+        if plan.extended:
+            record_extension(plan.output, plan.total)
         remove_partial(plan.checkpoints)
     accelerator.wait_for_everyone()
+    start_trackers(accelerator, spec, plan.output, plan.name)
 
     restored = _restore(accelerator, (model, optimizer, scheduler), resume, setup.deepspeed_config is not None)
     if main:
@@ -186,7 +192,10 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
         zero_stage(setup.deepspeed_config),
         checkpointed,
         distiller,
+        best=_Best.of(spec, resume.checkpoint),
     )
+    if main:
+        trainer.best.mark(plan.checkpoints, step_folder_name)
     if setup.em is not None and resume.step == 0:
         trainer.log({"step": 0, **trainer.evaluate()})
     trainer.run(resume.step, progress=progress and main)
@@ -210,8 +219,13 @@ def _plan(spec: TrainSpec, plugins: Plugins, setup: _Setup, accelerator: Any) ->
     digest = config_hash(ident)
     name = folder_name(setup.dataset.name, spec.split, setup.imaginer.name, setup.reader.name, digest)
     output = Path(spec.output or spec.train_dir / name)
+    if spec.output is None and not output.exists():
+        output = extended_folder(spec, spec.train_dir, name, ident, total) or output
     versions = plugin_versions(plugins, Resolved(setup.dataset, setup.imaginer, setup.reader, []))
-    return _Plan(layout, stream, total, ident, digest, name, output, versions)
+    previous = extension(spec, output, ident, total)
+    if previous is not None:  # the run keeps the identity, hash and name it was started with
+        ident, digest, name = previous["identity"], previous["hash"], previous.get("name", name)
+    return _Plan(layout, stream, total, ident, digest, name, output, versions, previous is not None)
 
 
 def _finished(plan: _Plan, say: Callable[[str], None]) -> Path | None:

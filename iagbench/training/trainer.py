@@ -33,6 +33,7 @@ from iagbench.training.objective import _Batch, _trainable
 from iagbench.training.spec import TrainSpec
 from iagbench.training.state import save_state
 from iagbench.training.stream import _Layout, _Stream
+from iagbench.training.tracking import _Best, _Reporter
 from iagbench.training.zero import OPTIMIZER_FULL, _gather_zero
 from iagbench.version import __version__
 
@@ -76,6 +77,9 @@ class _Trainer:
     checkpointed: list[Any] = field(default_factory=list)  # modules that recompute their activations in backward
     distiller: _Distiller | None = None  # the teacher, with distillation
     last: dict[str, Any] = field(default_factory=dict)  # the latest logged values, kept in trainer_state.json
+    best: _Best = field(default_factory=_Best)  # the best dev checkpoint so far (--keep-best)
+    reporter: _Reporter | None = None  # trackers and console lines, set by run()
+    grad_norm: float | None = None  # the gradient norm of the latest optimizer step, before clipping
 
     @property
     def trainables(self) -> list[Any]:
@@ -95,6 +99,7 @@ class _Trainer:
         self._mode(True)
         meter = _Meter()
         with tqdm(total=self.total, initial=start, disable=not progress, desc="steps", unit="step") as bar:
+            self.reporter = _Reporter(self.accelerator, bar)
             for step in range(start + 1, self.total + 1):
                 losses, parts = self._step(step, meter)
                 lr = self.scheduler.get_last_lr()[0]
@@ -107,7 +112,8 @@ class _Trainer:
                     record.update({"step": step, **self.evaluate()})
                 if record:
                     self.log(record)
-                if step % spec.save_every == 0 or step == self.total:
+                best = self.best.offer(step, record)  # a new best dev result is saved, whatever --save-every says
+                if step % spec.save_every == 0 or step == self.total or best:
                     self.save(step)
                 bar.update(1)
 
@@ -123,8 +129,8 @@ class _Trainer:
             with accelerator.accumulate(self.model):
                 loss = self.model(_Batch(batch))
                 self._backward(loss)
-                if accelerator.sync_gradients and spec.max_grad_norm:
-                    accelerator.clip_grad_norm_(self.model.parameters(), spec.max_grad_norm)
+                if accelerator.sync_gradients:
+                    self._clip()
                 self.optimizer.step()
                 self.optimizer.zero_grad()
             losses.append(loss.detach().float())
@@ -134,6 +140,12 @@ class _Trainer:
         if not accelerator.sync_gradients:
             raise RuntimeError(f"step {step}: gradient accumulation is out of step with accelerate")
         return losses, parts
+
+    def _clip(self) -> None:
+        """Clip the gradients to --max-grad-norm (0: measure only); keep their norm for the log."""
+        limit = self.spec.max_grad_norm or math.inf
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), limit)
+        self.grad_norm = float(norm) if norm is not None and math.isfinite(float(norm)) else None
 
     def _progress(
         self, step: int, lr: float, losses: list[Any], parts: list[dict[str, Any]], meter: _Meter
@@ -150,6 +162,8 @@ class _Trainer:
             "lr": lr,
             "examples_per_s": meter.rate(),
         }
+        if self.grad_norm is not None:
+            record["grad_norm"] = round(self.grad_norm, 6)
         if accelerator.device.type == "cuda":
             record["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 2)
         meter.reset()
@@ -220,6 +234,7 @@ class _Trainer:
 
     def log(self, record: dict[str, Any]) -> None:
         self.last.update(record)
+        (self.reporter or _Reporter(self.accelerator)).report(record)
         if self.accelerator.is_main_process:
             with open(self.output / LOG, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -251,6 +266,7 @@ class _Trainer:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             write_latest(checkpoints, name)
+            self.best.mark(checkpoints, step_folder_name)
             prune(checkpoints, self.spec.keep)
         accelerator.wait_for_everyone()
 
@@ -292,5 +308,6 @@ class _Trainer:
                 "processes": layout.processes,
                 "execution": _execution(self.spec, layout),
                 "last_log": self.last,
+                **({"best": self.best.state()} if self.best.state() else {}),
             },
         )

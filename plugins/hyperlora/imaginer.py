@@ -9,17 +9,17 @@ from typing import Any
 import torch
 
 from iagbench import ConfigurationError, Context, Example, Imaginer
-from iagbench.contract.components import Trainable
+from iagbench.contract.components import Exportable, Trainable
 from iagbench.lm.devices import pick_device
 from iagbench.lm.lora import LoRAAdapter, architecture_of, target_shapes
 from iagbench.lm.skeletons import reader_skeleton
 
 from .features import build_encoder
 from .hypernetwork import HyperNetwork
-from .preflight import check_pairing, check_sizes, parse_targets
+from .preflight import check_dropout, check_network_options, check_pairing, check_sizes, parse_targets
 
 
-class HyperLoRAImaginer(Imaginer, Trainable):
+class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
     """Encodes the question (frozen), whitens it, and maps it to a LoRA for every target layer of the reader."""
 
     provides = frozenset({"adapter"})
@@ -35,8 +35,21 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         encoder: str = "minilm",
         checkpoint: str | None = None,
         device: str = "auto",
+        activation: str = "gelu",
+        norm: str = "layernorm",
+        layer_input: str = "embedding",
+        share: str = "target",
+        body: str = "shared",
+        init: str = "default",
+        base_dropout: float = 0.0,
     ):
         check_sizes({"rank": rank, "hidden": hidden, "feature_dims": feature_dims})
+        # the ImcQA reference's hypernetwork (docs/fidelity.md): activation=relu norm=none layer_input=index
+        # share=stack body=separate init=reference base_dropout=0.1 hidden=8
+        options = check_network_options(
+            activation=activation, norm=norm, layer_input=layer_input, share=share, body=body, init=init
+        )
+        self.base_dropout = check_dropout(base_dropout)
         self.device = pick_device(device)
         skeleton = reader_skeleton(model)
         self.architecture = architecture_of(skeleton).name
@@ -58,10 +71,11 @@ class HyperLoRAImaginer(Imaginer, Trainable):
             "hidden": hidden,
             "feature_dims": feature_dims,
             "encoder": encoder,
+            **options,  # only those not at their default: earlier runs keep their record
+            **({"base_dropout": base_dropout} if base_dropout else {}),
         }
-        self.network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden).to(
-            self.device
-        )
+        network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden, **options)
+        self.network = network.to(self.device)
         self.checkpoint = checkpoint
         if checkpoint:
             from iagbench.lm.checkpoints import load_trainable
@@ -77,6 +91,18 @@ class HyperLoRAImaginer(Imaginer, Trainable):
 
     def trainable_module(self) -> torch.nn.Module:
         return self.network
+
+    def export(self, folder: Any) -> dict[str, Any]:
+        """`iagbench export`: ``hypernetwork.safetensors`` and ``hypernetwork.json`` (settings, encoder and target
+        shapes: what rebuilds `HyperNetwork`)."""
+        from iagbench.lm.export import export_safetensors
+
+        config = {
+            **self.settings,
+            "encoder_dims": self.encoder.dims,
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+        }
+        return export_safetensors(self.network.state_dict(), config, folder, "hypernetwork")
 
     def describe(self) -> dict[str, Any]:
         parameters = sum(p.numel() for p in self.network.parameters())
@@ -109,10 +135,12 @@ class HyperLoRAImaginer(Imaginer, Trainable):
         encoded = self.encoder([e.question for e in examples]).to(self.device)
         with torch.set_grad_enabled(self.network.training):  # gradients only while training
             weights = self.network(encoded)
+        # base_dropout: while training, as the reference's HyperLora.dropout (nn.Dropout in training mode only)
+        extra = {"base_dropout": self.base_dropout} if self.base_dropout and self.network.training else {}
         return [
             Context(
                 adapter=LoRAAdapter(
-                    {k: a[row] for k, (a, _) in weights.items()}, {k: b[row] for k, (_, b) in weights.items()}
+                    {k: a[row] for k, (a, _) in weights.items()}, {k: b[row] for k, (_, b) in weights.items()}, **extra
                 )
             )
             for row in range(len(examples))

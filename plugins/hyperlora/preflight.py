@@ -13,6 +13,31 @@ from iagbench import ConfigurationError
 NAME = "hyperlora"
 SIZES = ("rank", "hidden", "feature_dims")
 SETTINGS = ("rank", "hidden", "feature_dims", "encoder")  # with the model's shapes, what the weights' shapes follow
+NETWORK_OPTIONS = {  # option -> its choices, the first the default (hypernetwork.py)
+    "activation": ("gelu", "relu"),
+    "norm": ("layernorm", "none"),
+    "layer_input": ("embedding", "index"),
+    "share": ("target", "stack"),
+    "body": ("shared", "separate"),
+    "init": ("default", "reference"),
+}
+SETTINGS += ("activation", "norm", "layer_input", "share", "body")  # a checkpoint needs the same network
+
+
+def check_network_options(**options: str) -> dict[str, str]:
+    """Refuse an unknown choice; return the options not at their default."""
+    for name, value in options.items():
+        if value not in NETWORK_OPTIONS[name]:
+            raise ConfigurationError(
+                f"hyperlora option {name}={value!r}: expected one of {', '.join(NETWORK_OPTIONS[name])}"
+            )
+    return {name: value for name, value in options.items() if value != NETWORK_OPTIONS[name][0]}
+
+
+def check_dropout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigurationError(f"hyperlora option base_dropout={value!r}: expected a number from 0 to below 1")
+    return float(value)
 
 
 def parse_targets(targets: str | Sequence[str]) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
-from iagbench.contract.components import Trainable
+from iagbench.contract.components import Distillable, Exportable, Trainable
 from iagbench.lm.adapter_host import AdapterHost
 from iagbench.lm.decoding import StaticDecoder, cache_keyword, check_decoding_options, greedy_decode, stop_token_ids
 from iagbench.lm.devices import pick_device
@@ -19,7 +19,7 @@ from .prompts import get_template
 from .question_cut import cut_question
 
 
-class CausalLMReader(AdapterHost, Reader, Trainable):
+class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
     """Reads the question (and passages, adapters, when the imaginer gives them) and generates a short answer.
 
     Adapters (per-example LoRA weights, e.g. from `hyperlora`) are applied to every row of a batch
@@ -87,6 +87,12 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
         self.cache = cache
         self._static = StaticDecoder(self.model, compile=compile) if cache == "static" else None
+
+    def export(self, folder: Any) -> dict[str, Any]:
+        """`iagbench export`: the peft LoRA baseline (lora_rank=R) as a peft adapter folder."""
+        from iagbench.lm.export import export_peft_adapter
+
+        return export_peft_adapter(self, folder)
 
     def describe(self) -> dict[str, Any]:
         info = {
@@ -271,25 +277,60 @@ class CausalLMReader(AdapterHost, Reader, Trainable):
         """
         import torch
 
-        rows, labels = [], []
-        for (prompt, _), example in zip(self.fitted_prompts(examples, contexts), examples):
-            prompt_ids = self.tokenizer(prompt, add_special_tokens=not self.chat)["input_ids"]
-            target = (
-                " " + example.answers[0] + (self.template.stop[0] if self.template.stop else self.tokenizer.eos_token)
-            )
-            target_ids = self._tokens(target)
-            rows.append(prompt_ids + target_ids)
-            labels.append([-100] * len(prompt_ids) + target_ids)
-        width = max(map(len, rows))
-        pad = self.tokenizer.pad_token_id
+        ids, mask = self.target_ids(self.training_targets(examples))
+        logits = self._teacher_forced(examples, contexts, ids, mask)
+        return torch.nn.functional.cross_entropy(logits[mask].float(), ids[mask])
+
+    # ---- distillation (iagbench.Distillable) ----
+
+    def training_targets(self, examples: Sequence[Example]) -> list[str]:
+        """Each example's first gold answer."""
+        for example in examples:
+            if not example.answers:
+                raise ConfigurationError(f"example {example.id!r} has no gold answer to train on")
+        return [example.answers[0] for example in examples]
+
+    def target_ids(self, targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
+        """(ids, mask), right-padded: a string is " answer" then the template's stop string (or the end token),
+        tokenized; a list of ids is used as it is."""
+        import torch
+
+        stop = self.template.stop[0] if self.template.stop else self.tokenizer.eos_token
+        rows = [self._tokens(" " + t + stop) if isinstance(t, str) else [int(i) for i in t] for t in targets]
+        if any(not row for row in rows):
+            raise ValueError("an empty target (no token ids)")
+        width, pad = max(map(len, rows)), self.tokenizer.pad_token_id
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
+        mask = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows], device=self.device)
+        return ids, mask
+
+    def answer_logits(
+        self, examples: Sequence[Example], contexts: Sequence[Context], targets: Sequence[str | Sequence[int]]
+    ) -> tuple[Any, Any]:
+        """Logits (examples, target tokens, vocabulary) of each target token after the example's prompt (passages,
+        adapters) and the target's earlier tokens, and the mask of real target tokens."""
+        ids, mask = self.target_ids(targets)
+        return self._teacher_forced(examples, contexts, ids, mask), mask
+
+    def _teacher_forced(self, examples: Sequence[Example], contexts: Sequence[Context], ids: Any, mask: Any) -> Any:
+        """One forward of prompt + target rows (right-padded, padding masked); the logits that predict each target token."""
+        import torch
+
+        prompts = [
+            self.tokenizer(p, add_special_tokens=not self.chat)["input_ids"]
+            for p, _ in self.fitted_prompts(examples, contexts)
+        ]
+        targets = [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(1).tolist())]
+        rows = [prompt + target for prompt, target in zip(prompts, targets)]
+        width, pad = max(map(len, rows)), self.tokenizer.pad_token_id
         input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
-        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
-        label_ids = torch.tensor([row + [-100] * (width - len(row)) for row in labels], device=self.device)
+        attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
         with self.lora_active(self.adapters_of(contexts)):
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), label_ids[:, 1:].reshape(-1), ignore_index=-100
-        )
+            logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+        # target token t of row b is predicted at position len(prompt_b) - 1 + t
+        starts = torch.tensor([len(prompt) - 1 for prompt in prompts], device=self.device)
+        positions = (starts[:, None] + torch.arange(ids.shape[1], device=self.device)).clamp(max=width - 1)
+        return logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]))
 
     def _prefix_cache(self, prefix: tuple[int, ...], batch: int) -> Any:
         """The key/value cache of ``prefix``, computed once and copied out for a batch."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iagbench import Answer, ConfigurationError, Context, Distillable, Example, Reader
-from iagbench.contract.components import Trainable
+from iagbench.contract.components import Exportable, Trainable
 from iagbench.lm.adapter_host import AdapterHost
 from iagbench.lm.decoding import cache_keyword
 from iagbench.lm.devices import pick_device
@@ -20,11 +20,11 @@ from iagbench.lm.t5_models import load_t5, resolve_t5
 
 from .fid_decoding import StaticSeq2SeqDecoder, greedy_decode_seq2seq
 from .fid_inputs import FID_FORMAT, Encoded, pack_rows
-from .fid_options import check_fid_options
+from .fid_options import check_fid_options, check_positive
 from .question_cut import cut_question
 
 
-class FiDReader(AdapterHost, Reader, Trainable, Distillable):
+class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
     """T5 Fusion-in-Decoder: passages encoded one by one, read together by the decoder."""
 
     accepts = frozenset({"passages", "adapter"})
@@ -48,6 +48,7 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
         cache: str = "dynamic",
         compile: bool = False,
         seed: int = 0,
+        answer_positions: int | None = None,
     ):
         train = check_fid_options(
             text_maxlength=text_maxlength, max_new_tokens=max_new_tokens, num_beams=num_beams,
@@ -57,6 +58,10 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
         self.format = FID_FORMAT
         self.text_maxlength, self.max_new_tokens, self.num_beams = text_maxlength, max_new_tokens, num_beams
         self.encoder_batch_size = encoder_batch_size
+        # the reference pads its labels to --answer_maxlength 256 (scripts/image.sh:168)
+        if answer_positions is not None:
+            check_positive("answer_positions", answer_positions)
+        self.answer_positions = answer_positions
         self.train_mode, self.train_answer = train, train_answer
         self._load_model(model, dtype=dtype, device=device, seed=seed, tokenizer=tokenizer)
         self._set_up_training(train, lora_rank, gradient_checkpointing)
@@ -112,6 +117,15 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
         # it loads whatever train= is now.
         return str(load_trainable(_WholeModel(self), checkpoint, "reader"))
 
+    def export(self, folder: Any) -> dict[str, Any]:
+        """`iagbench export`: the peft LoRA (lora_rank=R) as a peft adapter folder, else the T5 (train=full) as a
+        ``save_pretrained`` folder with its tokenizer."""
+        from iagbench.lm.export import export_peft_adapter, export_pretrained
+
+        if self._peft is not None:
+            return export_peft_adapter(self, folder)
+        return export_pretrained(self.model, self.tokenizer, folder)
+
     # ---- Reader ----
 
     def describe(self) -> dict[str, Any]:
@@ -135,6 +149,8 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
             self._static is not None
         ):  # the default (dynamic cache) keeps its old record, so old runs keep their identity
             info.update(self._static.describe())
+        if self.answer_positions is not None:  # recorded only when set: earlier runs keep their identity
+            info["answer_positions"] = self.answer_positions
         return info
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
@@ -276,18 +292,22 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
             self.model.train(mode)
 
     def target_ids(self, targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
-        """(ids, mask) of answer targets, right-padded: a string is tokenized and ends with the end token; a list of ids is used as it is."""
+        """(ids, mask) of answer targets, right-padded: a string is tokenized and ends with the end token; a list of ids is used as it is.
+
+        With ``answer_positions=N`` every row is padded (or cut, keeping a string's end token) to N positions.
+        """
         import torch
 
-        rows = []
+        rows, limit = [], self.answer_positions
         for target in targets:
             if isinstance(target, str):
-                rows.append(self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eos_id])
+                ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+                rows.append((ids[: limit - 1] if limit else ids) + [self.eos_id])
             else:
-                rows.append([int(token) for token in target])
+                rows.append([int(token) for token in target][:limit])
         if any(not row for row in rows):
             raise ValueError("an empty target (no token ids)")
-        width = max(map(len, rows))
+        width = limit or max(map(len, rows))
         ids = torch.tensor([row + [self.pad_id] * (width - len(row)) for row in rows], device=self.device)
         mask = torch.tensor(
             [[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device, dtype=torch.bool
@@ -318,7 +338,8 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable):
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded.hidden),
                 attention_mask=encoded.mask,
                 decoder_input_ids=decoder_input,
-                decoder_attention_mask=mask.long(),
+                # answer_positions: as HF T5 given labels padded with -100 (the reference): no decoder mask
+                decoder_attention_mask=None if self.answer_positions else mask.long(),
                 use_cache=False,
             )
         return output.logits
