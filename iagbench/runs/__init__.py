@@ -1,0 +1,1 @@
+"""The run engine: runner, run folder, shards, batching, scoring, sources and environment records."""
