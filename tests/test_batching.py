@@ -128,6 +128,7 @@ def test_run_with_auto_on_cuda_backs_off_and_records_the_size_used(tmp_path, mon
     assert [r["id"] for r in records] == [e.id for e in ordered_examples(SAMPLE_TEST[:30])]
     assert all(r["prediction"] == r["question"].split()[0] for r in records)
     # 16 (too many) -> 8 (too many) -> 4, which it keeps
+    assert results["predicted_by"][0].pop("peak_memory")["kind"] == "cuda_max_allocated"
     assert results["predicted_by"] == [
         {"file": "predictions.jsonl", "rank": 0, "world_size": 1, "device": "cuda:0", "batch_size": 4,
          "batch_size_auto": True, "out_of_memory_backoffs": 2, "examples": 30}

@@ -234,7 +234,10 @@ def test_passages_are_fitted_in_rank_order_and_the_cut_is_recorded() -> None:
     assert info["passages_cut"] == [1] and info["passages_in_prompt"] == 2
     assert "beta " * 10 in prompt and "gamma" not in prompt
     answers = reader.answer([Example("1", "q", ("x",))], [Context(passages=tuple(passages))])
+    cost = answers[0].details.pop("cost")  # docs/cost.md: the prompt's tokens, split
     assert answers[0].details == info
+    assert cost["input_tokens"] == info["prompt_tokens"] and cost["question_tokens"] == len(reader._tokens("q"))
+    assert cost["context_tokens"] == info["prompt_tokens"] - reader.count(reader.render("q", [])) > 240
 
 
 def test_passage_tokens_caps_each_passage() -> None:

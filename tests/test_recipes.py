@@ -259,6 +259,11 @@ def test_imcqa_distils_from_the_teacher_then_runs(invoke_cli, tmp_path, teacher,
         distillation, log = config["identity"]["distillation"], (trained / "log.jsonl").read_text()
         assert [distillation[k] for k in ("kd_scale", "kd_positions", "kl_term")] == ["none", "all", True]
         assert '"kl_term"' in log and config["identity"]["training"]["max_grad_norm"] == 0
+        # the reference's student: the pretrained T5 (no checkpoint), its norms, embedding and FFNs trained
+        student = config["identity"]["reader"]["options"]
+        assert "checkpoint" not in student and student["train_parts"] == "norms,embeddings,ffn"
+        assert student["input"] == "single-row" and student["text_maxlength"] == 512
+        assert (trained / "checkpoints" / "step-000002" / "reader.safetensors").is_file()
     run_recipe(
         invoke_cli,
         name,

@@ -368,7 +368,7 @@ def test_report_in_every_format(tiny_run, echo_run, invoke_cli):
     results = [read(folder, "results.json") for folder in folders]
     metrics = ["em", "f1", "subspan_em"]
 
-    code, out, _ = invoke_cli("report", *map(str, folders), "--format", "csv")
+    code, out, _ = invoke_cli("report", *map(str, folders), "--format", "csv", "--no-cost")
     assert code == 0
     table = list(csv.reader(io.StringIO(out)))
     header = table[0]  # the options that differ between the two runs (limit, reader.mode...) come before n
@@ -378,22 +378,24 @@ def test_report_in_every_format(tiny_run, echo_run, invoke_cli):
         assert row[:5] == [result["run"], "sample", "test", "none", result["reader"]] and row[-4] == str(result["n"])
         assert [float(cell) for cell in row[-3:]] == [round(result["metrics"][k], 2) for k in metrics]
 
-    code, out, _ = invoke_cli("report", *map(str, folders), "--format", "json")
+    code, out, _ = invoke_cli("report", *map(str, folders), "--format", "json", "--no-cost")
     assert code == 0
     report = json.loads(out)
     assert report["columns"] == header and report["metric_versions"] == METRIC_VERSIONS
     assert [row[0] for row in report["rows"]] == [r["run"] for r in results]
     assert report["rows"][1][-3:] == [round(results[1]["metrics"][k], 2) for k in metrics]
 
-    code, out, _ = invoke_cli("report", *map(str, folders))
+    code, out, _ = invoke_cli("report", *map(str, folders), "--no-cost")
     assert code == 0
     text = out.splitlines()
     assert text[0].startswith("| run ") and [c.strip() for c in text[0].strip("|").split("|")] == header
     assert tiny_run.folder.name in text[2] and echo_run.folder.name in text[3]
     assert f"{results[1]['metrics']['em']:.2f}" in text[3]
     assert "metric versions: em v1, f1 v1, has_answer v1, subspan_em v1" in out
+    code, out, _ = invoke_cli("report", *map(str, folders), "--format", "csv")  # cost columns by default
+    assert code == 0 and out.splitlines()[0].split(",")[-3:] == ["s/q", "input tok/q", "GFLOP/q"]
 
-    code, out, _ = invoke_cli("report", *map(str, folders), "--format", "latex")
+    code, out, _ = invoke_cli("report", *map(str, folders), "--format", "latex", "--no-cost")
     assert code == 0
     assert "\\begin{tabular}" in out and "\\toprule" in out and "\\end{tabular}" in out
     assert echo_run.folder.name.replace("_", "\\_") in out and "% metric versions:" in out

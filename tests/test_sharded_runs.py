@@ -42,6 +42,11 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")[:-1]]
 
 
+def untimed(record: dict) -> dict:
+    """A record without its wall seconds (a measurement that differs between runs)."""
+    return {**record, "cost": {k: v for k, v in record.get("cost", {}).items() if k != "seconds"}}
+
+
 def read(folder: Path, name: str) -> dict:
     return json.loads((folder / name).read_text(encoding="utf-8"))
 
@@ -96,13 +101,23 @@ def test_several_processes_write_what_one_process_writes(one_process, nproc, tmp
     assert process.returncode == 0, err[-6000:]
     folder = only_folder(tmp_path / "runs")
     assert folder.name == one_process.name  # the configuration hash does not depend on the world size
-    assert lines(folder / "predictions.jsonl") == lines(one_process / "predictions.jsonl")  # same records, same order
-    assert (folder / "predictions.jsonl").read_bytes() == (one_process / "predictions.jsonl").read_bytes()
+    # same records, same order; but for wall seconds, the same per-example cost (docs/cost.md)
+    assert [untimed(r) for r in lines(folder / "predictions.jsonl")] == [
+        untimed(r) for r in lines(one_process / "predictions.jsonl")
+    ]
     assert not [p for pattern in LEFTOVERS for p in folder.glob(pattern)]
     assert out.count("run folder:") == 1 and folder.name in out  # one table, from rank 0
 
     results, reference = read(folder, "results.json"), read(one_process, "results.json")
     assert results["n"] == 20 and results["metrics"] == reference["metrics"] and results["world_size"] == nproc
+    cost, one = results["cost"], reference["cost"]  # the ranks' costs add up to one process's
+    assert {k: v for k, v in cost["total"].items() if k != "seconds"} == {
+        k: v for k, v in one["total"].items() if k != "seconds"
+    }
+    assert cost["total"]["tokens"]["input"] > 0 and cost["total"]["reader_flops"] > 0
+    assert len(cost["peak_memory"]["per_process"]) == nproc and cost["peak_memory"]["bytes"] == sum(
+        cost["peak_memory"]["per_process"]
+    )
     shards = results["predicted_by"]
     assert [s["file"] for s in shards] == [f"predictions.rank{r}-of-{nproc}.jsonl" for r in range(nproc)]
     expected = [sum(shard_of(e.id, nproc) == r for e in SAMPLE_TEST[:20]) for r in range(nproc)]
@@ -140,8 +155,9 @@ def test_two_processes_killed_then_three_resume_without_duplicates(echo_referenc
     err = finished(process)
     assert "(8 of 40 examples already done)" in err
     records = lines(folder / "predictions.jsonl")
-    assert records == lines(echo_reference / "predictions.jsonl")  # each example once, in the one-process order
-    assert all(reference[i] == r for i, r in killed.items())
+    # each example once, in the one-process order
+    assert [untimed(r) for r in records] == [untimed(r) for r in lines(echo_reference / "predictions.jsonl")]
+    assert all(untimed(reference[i]) == untimed(r) for i, r in killed.items())
     assert not [p for pattern in LEFTOVERS for p in folder.glob(pattern)]
     results = read(folder, "results.json")
     assert results["n"] == 40 and results["world_size"] == 3
@@ -165,7 +181,9 @@ def test_rank_0_alone_stops_naming_the_missing_rank_then_one_process_finishes(ec
     logs: list[str] = []
     folder, results = run(spec, echo_plugins, progress=False, log=logs.append)  # one process takes over
     assert f"({len(done)} of 40 examples already done)" in logs[0]
-    assert lines(folder.predictions_path) == lines(echo_reference / "predictions.jsonl")
+    assert [untimed(r) for r in lines(folder.predictions_path)] == [
+        untimed(r) for r in lines(echo_reference / "predictions.jsonl")
+    ]
     assert not [p for pattern in LEFTOVERS for p in folder.path.glob(pattern)]
     assert [(s["file"], s["examples"]) for s in results["predicted_by"]] == [
         ("predictions.jsonl", 40 - len(done)),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iagbench.analysis.cost import cost_columns
 from iagbench.analysis.rows import metric_columns, rows
 from iagbench.contract.errors import ConfigurationError
 from iagbench.runs.folder import RunFolder
@@ -114,8 +115,10 @@ def table(
     label: str | None = None,
     sort: str | None = None,
     ci: bool = False,
+    cost: bool = True,
 ) -> Table:
-    """The report table: base columns, a column per differing option, n, the chosen metrics; sorted if asked."""
+    """The report table: base columns, a column per differing option, n, the chosen metrics, the cost columns the
+    runs have (unless ``cost`` is false; docs/cost.md); sorted if asked."""
     _, _, versions = rows(folders)  # validates: finished runs, one version per metric
     results = [folder.results() for folder in folders]
     options = [run_options(folder.config()) for folder in folders]
@@ -130,6 +133,10 @@ def table(
         + ["" if result["metrics"].get(key) is None else round(result["metrics"][key], 2) for key in chosen]
         for result, found, name in zip(results, options, names)
     ]
+    if cost:
+        cost_header, cost_cells = cost_columns(results)
+        header += cost_header
+        body = [row + cells for row, cells in zip(body, cost_cells)]
     if label:
         fields = [
             {**found, "run": result["run"], "dataset": name, "split": result["split"], "imaginer": result["imaginer"],

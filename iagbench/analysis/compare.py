@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iagbench.analysis.cost import cost_ratios
 from iagbench.analysis.rows import metric_columns
 from iagbench.analysis.stats import LEVEL, SAMPLES, SEED, McNemar, mcnemar, paired_bootstrap
 from iagbench.contract.errors import ConfigurationError
@@ -82,6 +83,7 @@ def compare(
         "left_out": {"a": len(a.records) - len(ids), "b": len(b.records) - len(ids)},
         "bootstrap": {"samples": samples, "seed": seed, "level": level},
         "metrics": _metric_rows(a, b, ids, keys, samples=samples, seed=seed, level=level),
+        "cost": cost_ratios(a.results, b.results),  # per question, over each whole run (docs/cost.md)
         "mcnemar": None,
         "flips": None,
     }
@@ -173,6 +175,17 @@ def _flip(a: Side, b: Side, i: str) -> dict[str, Any]:
     }
 
 
+def _cost_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The cost table of a comparison: per question in A and B, and B / A."""
+    if not rows:
+        return []
+    from tabulate import tabulate
+
+    table = [[r["measure"], r["a"], r["b"], "" if r["ratio"] is None else f"{r['ratio']:.3g}x"] for r in rows]
+    text = tabulate(table, headers=["cost per question", "A", "B", "B / A"], tablefmt="github", floatfmt=".4g")
+    return ["", text, "cost: each run's mean per question over all its examples (docs/cost.md)"]
+
+
 def render(report: dict[str, Any], fmt: str = "text", *, show: int = 10) -> str:
     """The comparison as text (a table, the test, up to ``show`` flipped examples each way) or JSON."""
     if fmt not in FORMATS:
@@ -203,6 +216,7 @@ def render(report: dict[str, Any], fmt: str = "text", *, show: int = 10) -> str:
     lines.append(
         f"\n{ci}: paired bootstrap over examples, percentile interval, {boot['samples']} resamples, seed {boot['seed']}"
     )
+    lines += _cost_lines(report.get("cost") or [])
     test = report["mcnemar"]
     if test is None:
         lines.append(f"\nno '{FLIP_METRIC}' scores: no McNemar test, no flips")

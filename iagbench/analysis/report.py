@@ -9,15 +9,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from iagbench.analysis.columns import Table, table
+from iagbench.analysis.cost import COLUMNS
 from iagbench.analysis.rows import FIRST_METRICS, metric_columns, rows  # noqa: F401 (FIRST_METRICS, metric_columns, rows: still importable from here)
 from iagbench.contract.errors import ConfigurationError
 from iagbench.runs.folder import RunFolder
 
 FORMATS = ("markdown", "csv", "latex", "json", "html")
+COLUMN_FORMATS = {"s/q": ".3g", "input tok/q": ".1f", "GFLOP/q": ".3g"}  # the cost columns (`analysis.cost.COLUMNS`)
 
 
 def render(folders: Sequence[RunFolder], fmt: str = "markdown", **choices: Any) -> str:
-    """The report in ``fmt``; ``choices`` (metrics, label, sort, ci) as `iagbench.analysis.columns.table` takes."""
+    """The report in ``fmt``; ``choices`` (metrics, label, sort, ci, cost) as `iagbench.analysis.columns.table`
+    takes."""
     if fmt not in FORMATS:
         raise ConfigurationError(f"unknown report format '{fmt}'; formats: {', '.join(FORMATS)}")
     if fmt == "html":
@@ -38,8 +41,13 @@ def render(folders: Sequence[RunFolder], fmt: str = "markdown", **choices: Any) 
         return buffer.getvalue().rstrip("\n")
     from tabulate import tabulate
 
-    text = tabulate(body, headers=header, tablefmt="github" if fmt == "markdown" else "latex_booktabs", floatfmt=".2f")
+    floats = [COLUMN_FORMATS.get(name, ".2f") for name in header]
+    text = tabulate(body, headers=header, tablefmt="github" if fmt == "markdown" else "latex_booktabs", floatfmt=floats)
     note = "metric versions: " + ", ".join(f"{name} v{version}" for name, version in sorted(found.versions.items()))
+    if any(name in COLUMNS for name in header):
+        note += (
+            "; cost per question: wall seconds (imagine + read), reader input tokens, estimated GFLOP (docs/cost.md)"
+        )
     if found.ci:
         note += "; ± is the half-width of the 95% bootstrap interval over examples (1000 resamples, seed 0)"
     if fmt == "markdown":

@@ -26,6 +26,11 @@ def configure(options: CommandOptions) -> None:
                 help="a label column: a template such as '{reader}-k{imaginer.k}' (fields: run, dataset, split, "
                 "imaginer, reader, n, hash and the option names), or one name per run, comma-separated")  # fmt: skip
     options.add("--ci", action="store_true", help="± the 95%% bootstrap interval's half-width after each metric")
+    options.add("--no-cost", action="store_true", help="hide the cost columns (s/q, input tok/q, GFLOP/q)")
+    options.add("--pareto", type=Path, metavar="FILE.png", help="also write a plot of a metric against a cost per run")
+    options.add("--pareto-metric", default="em", metavar="METRIC", help="the --pareto metric (default: em)")
+    options.add("--pareto-cost", default="gflop", choices=("gflop", "seconds", "input_tokens"),
+                help="the --pareto cost per question (default: gflop)")  # fmt: skip
     options.add("--train", nargs="+", type=Path, metavar="DIR", help="training folders: their loss and eval curves")
 
 
@@ -44,6 +49,12 @@ def run(invocation: Invocation) -> int:
         png = figure_png(folders)
         plot.write_bytes(png)
         info(f"plot: {plot}")
+    pareto = invocation.given("pareto")
+    if pareto:
+        from iagbench.analysis.pareto import pareto_png
+
+        pareto.write_bytes(pareto_png(folders, invocation.given("pareto_metric"), invocation.given("pareto_cost")))
+        info(f"pareto plot: {pareto}")
     if form == "html":
         from iagbench.analysis.plot import html_report
 
@@ -52,6 +63,7 @@ def run(invocation: Invocation) -> int:
     from iagbench.analysis.report import render
 
     choices = {name: invocation.given(name) for name in ("metrics", "label", "sort", "ci")}
+    choices["cost"] = not invocation.given("no_cost")
     print(render(folders, form, **choices))
     return 0
 

@@ -145,9 +145,12 @@ class CompositeImaginer(Imaginer, Trainable):
         self.provides = frozenset().union(*(frozenset(part.provides) for _, part in self.parts))
 
     def imagine(self, examples: Sequence[Example]) -> list[Context]:
-        per_part = []
+        per_part: list[list[Context]] = []
         for name, part in self.parts:
-            contexts = part.imagine(examples)
+            if getattr(part, "reads_passages", False):  # given the passages of the parts before it
+                contexts = part.imagine(examples, passages=_passages_so_far(per_part, len(examples)))  # type: ignore[call-arg]
+            else:
+                contexts = part.imagine(examples)
             if len(contexts) != len(examples):
                 raise ConfigurationError(
                     f"imaginer '{name}' returned {len(contexts)} contexts for {len(examples)} examples"
@@ -194,7 +197,23 @@ class CompositeImaginer(Imaginer, Trainable):
         """Only the trainable part fits on the training set: a frozen part keeps what it loaded (and may need no
         training data at all, as a frozen imagine its pairs)."""
         for _, part in self.trainable_parts():
-            part.prepare(examples)  # type: ignore[attr-defined]
+            if getattr(part, "reads_passages", False):  # its features read the earlier parts' passages
+                part.prepare(examples, passages=self._passages_before(part, examples))  # type: ignore[attr-defined]
+            else:
+                part.prepare(examples)  # type: ignore[attr-defined]
+
+    def _passages_before(self, target: Imaginer, examples: Sequence[Example], chunk: int = 256) -> list[tuple]:
+        """Each example's passages from the parts before ``target``, imagined without gradients, ``chunk`` at a time."""
+        import torch
+
+        before = [part for _, part in self.parts[: [p for _, p in self.parts].index(target)]]
+        passages: list[tuple] = []
+        with torch.no_grad():
+            for start in range(0, len(examples), chunk):
+                batch = examples[start : start + chunk]
+                per_part = [part.imagine(batch) for part in before]
+                passages.extend(_passages_so_far(per_part, len(batch)))
+        return passages
 
     def has_loss(self) -> bool:
         part = self.trainable_part()
@@ -205,3 +224,8 @@ class CompositeImaginer(Imaginer, Trainable):
         if not (isinstance(part, Trainable) and part.has_loss()):
             return super().loss(examples, contexts)
         return part.loss(examples, contexts)
+
+
+def _passages_so_far(per_part: Sequence[Sequence[Context]], n: int) -> list[tuple]:
+    """Each of ``n`` examples' passages from the parts imagined so far, in part order."""
+    return [tuple(p for contexts in per_part for p in contexts[row].passages) for row in range(n)]

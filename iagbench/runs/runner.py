@@ -25,6 +25,7 @@ from iagbench.contract.preflight import preflight
 from iagbench.contract.registry import Entry
 from iagbench.contract.types import Example
 from iagbench.runs.batching import BatchSizer
+from iagbench.runs.cost import COST_VERSION, run_cost
 from iagbench.runs.env import environment
 from iagbench.runs.folder import RunFolder, canonical_json, config_hash, folder_name
 from iagbench.runs.prediction import ORDERS, batches, context_summary, ordered_examples, predict, prediction_record  # noqa: F401 (ORDERS, batches, context_summary, prediction_record: still importable from here)
@@ -372,8 +373,12 @@ def _finish(
         raise ConfigurationError(
             f"{folder.predictions_path}: {len(missing)} examples missing after the run (first: {missing[0]})"
         )
-    results = results_from([by_id[example.id] for example in examples], folder.config(), elapsed)
+    ordered = [by_id[example.id] for example in examples]
+    results = results_from(ordered, folder.config(), elapsed)
     results["world_size"] = procs.world_size
     results["predicted_by"] = written
+    cost = run_cost(ordered, written)
+    if cost is not None:  # a measurement (peak memory: this session's processes), not part of the run's identity
+        results["cost"], results["cost_version"] = cost, COST_VERSION
     folder.write_results(results)
     return results

@@ -53,3 +53,42 @@ def build_encoder(encoder: str, device: str) -> Any:
 
     _, folder = resolve_encoder(DEFAULT_MODEL if encoder == "minilm" else encoder)
     return SentenceEncoder(str(folder), device)
+
+
+# What the hypernetwork's features are made from, and how they are whitened (the first choice the default).
+FEATURE_OPTIONS = {"features": ("question", "question+context"), "whitening": ("global", "chunk")}
+CHUNK = 256  # the reference whitens its features 256 examples at a time (data/get_features.py:104-128)
+
+
+def check_feature_options(**options: str) -> dict[str, str]:
+    """Refuse an unknown choice; return the options not at their default."""
+    from iagbench import ConfigurationError
+
+    for name, value in options.items():
+        if value not in FEATURE_OPTIONS[name]:
+            raise ConfigurationError(
+                f"hyperlora option {name}={value!r}: expected one of {', '.join(FEATURE_OPTIONS[name])}"
+            )
+    return {name: value for name, value in options.items() if value != FEATURE_OPTIONS[name][0]}
+
+
+def feature_text(question: str, passages: Sequence[Any] | None) -> str:
+    """``features=question+context``: the reference's encoder text, the question and its (compressed) context
+    (data/get_features.py:114-116, its passages' texts joined by spaces)."""
+    context = " ".join(p.text for p in passages or ())
+    return "Question: " + question + (" " + context if context else "") + "\nAnswer:"
+
+
+def whiten_chunk(features: torch.Tensor, dims: int, eps: float = 1e-10) -> torch.Tensor:
+    """The reference's whitening of one chunk, fitted on the chunk itself (``compute_kernel_bias`` and
+    ``transform_and_normalize``, data/get_features.py:55-70): SVD of the covariance, W = U / sqrt(s), the first
+    ``dims`` columns, ``(x - mean) @ W``, L2-normalised. Directions of (near) zero variance, which a chunk of
+    ``dims`` examples or fewer has, are zeroed where the reference divides by ~0."""
+    x = features.double()
+    centred = x - x.mean(0, keepdim=True)
+    covariance = torch.cov(x.T) if len(x) > 1 else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)
+    u, s, _ = torch.linalg.svd(covariance)
+    keep = s > eps * s.max().clamp(min=eps)
+    kernel = (u / s.clamp(min=eps).sqrt()) * keep
+    whitened = centred @ kernel[:, :dims]
+    return torch.nn.functional.normalize(whitened, dim=-1).float()

@@ -150,8 +150,11 @@ class HyperNetwork(nn.Module):
             self.slots.update({kind: (name, j, len(kinds)) for j, kind in enumerate(kinds)})
         self.layers = {kind: shape[0] for kind, shape in shapes.items()}
 
-    def forward(self, encoded: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        features = self.whitening(encoded)
+    def forward(
+        self, encoded: torch.Tensor, whitened: torch.Tensor | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``whitened``: features whitened already (``whitening=chunk``), in place of ``self.whitening(encoded)``."""
+        features = self.whitening(encoded) if whitened is None else whitened
         out = {}
         for kind, (name, j, n) in self.slots.items():
             slots = torch.arange(self.layers[kind], device=features.device) * n + j

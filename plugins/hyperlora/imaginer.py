@@ -14,7 +14,7 @@ from iagbench.lm.devices import pick_device
 from iagbench.lm.lora import LoRAAdapter, architecture_of, target_shapes
 from iagbench.lm.skeletons import reader_skeleton
 
-from .features import build_encoder
+from .features import CHUNK, build_encoder, check_feature_options, feature_text, whiten_chunk
 from .hypernetwork import HyperNetwork
 from .preflight import check_dropout, check_network_options, check_pairing, check_sizes, parse_targets
 
@@ -42,6 +42,8 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
         body: str = "shared",
         init: str = "default",
         base_dropout: float = 0.0,
+        features: str = "question",
+        whitening: str = "global",
     ):
         check_sizes({"rank": rank, "hidden": hidden, "feature_dims": feature_dims})
         # the ImcQA reference's hypernetwork (docs/fidelity.md): activation=relu norm=none layer_input=index
@@ -50,12 +52,11 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
             activation=activation, norm=norm, layer_input=layer_input, share=share, body=body, init=init
         )
         self.base_dropout = check_dropout(base_dropout)
+        feature_options = check_feature_options(features=features, whitening=whitening)
+        self.reads_passages = features == "question+context"  # the reference's (data/get_features.py:104-128)
+        self.chunked, self._chunk_features = whitening == "chunk", {}
         self.device = pick_device(device)
-        skeleton = reader_skeleton(model)
-        self.architecture = architecture_of(skeleton).name
-        self.targets = parse_targets(targets) if targets else architecture_of(skeleton).default_targets
-        self.shapes = target_shapes(skeleton, self.targets)
-        del skeleton
+        self._read_shapes(model, targets)
         self.encoder_name = encoder
         self.encoder = build_encoder(encoder, self.device)
         if feature_dims > self.encoder.dims:
@@ -73,6 +74,7 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
             "encoder": encoder,
             **options,  # only those not at their default: earlier runs keep their record
             **({"base_dropout": base_dropout} if base_dropout else {}),
+            **feature_options,
         }
         network = HyperNetwork(self.encoder.dims, feature_dims, self.shapes, rank=rank, hidden=hidden, **options)
         self.network = network.to(self.device)
@@ -82,6 +84,13 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
 
             load_trainable(self, checkpoint, "imaginer")
         self.network.eval()
+
+    def _read_shapes(self, model: str, targets: str | None) -> None:
+        """The reader model's architecture, the LoRA targets and their shapes (from its configuration alone)."""
+        skeleton = reader_skeleton(model)
+        self.architecture = architecture_of(skeleton).name
+        self.targets = parse_targets(targets) if targets else architecture_of(skeleton).default_targets
+        self.shapes = target_shapes(skeleton, self.targets)
 
     @staticmethod
     def preflight(pairing: Any) -> None:
@@ -113,28 +122,53 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
             "whitening_fitted": bool(self.network.whitening.fitted),
         }
 
-    def prepare(self, examples: Sequence[Example]) -> None:
-        """Fit the PCA whitening on the questions of the whole training set (once, before training)."""
+    def prepare(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None = None) -> None:
+        """Fit the PCA whitening on the questions (``features=question+context``: and ``passages``) of the whole
+        training set, once before training; ``whitening=chunk``: whiten them per chunk of 256, kept per example."""
         dims = self.settings["feature_dims"]
+        if self.chunked:
+            features = self._chunked(self._encode(examples, passages))
+            self._chunk_features = {(e.id, e.question): row for e, row in zip(examples, features)}
+            return
         if len(examples) <= dims:
             raise ConfigurationError(
                 f"hyperlora option feature_dims={dims}: the whitening needs more training questions than that, got "
                 f"{len(examples)} training questions: lower feature_dims below {len(examples)} or train on more"
             )
-        encoded = torch.cat(
-            [self.encoder([e.question for e in examples[i : i + 256]]) for i in range(0, len(examples), 256)]
-        )
-        self.network.whitening.fit(encoded.to(self.device))
+        self.network.whitening.fit(self._encode(examples, passages).to(self.device))
 
-    def imagine(self, examples: Sequence[Example]) -> list[Context]:
-        if not bool(self.network.whitening.fitted):
+    def _encode(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None) -> torch.Tensor:
+        """The frozen encoder's features of the examples' questions (with their passages: features=question+context)."""
+        if self.reads_passages:
+            texts = [feature_text(e.question, passages[i] if passages else ()) for i, e in enumerate(examples)]
+        else:
+            texts = [e.question for e in examples]
+        return torch.cat([self.encoder(texts[i : i + CHUNK]) for i in range(0, len(texts), CHUNK)])
+
+    def _chunked(self, encoded: torch.Tensor) -> torch.Tensor:
+        dims = self.settings["feature_dims"]
+        return torch.cat([whiten_chunk(encoded[i : i + CHUNK], dims) for i in range(0, len(encoded), CHUNK)])
+
+    def _features(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None) -> dict[str, Any]:
+        """The network's inputs: the encoded examples, and with whitening=chunk their whitened features (those of
+        the training set as prepare whitened them, the others per chunk of this call)."""
+        encoded = self._encode(examples, passages).to(self.device)
+        if not self.chunked:
+            return {"encoded": encoded}
+        whitened = self._chunked(encoded.cpu())
+        rows = [self._chunk_features.get((e.id, e.question), whitened[i]) for i, e in enumerate(examples)]
+        return {"encoded": encoded, "whitened": torch.stack(rows).to(self.device)}
+
+    def imagine(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None = None) -> list[Context]:
+        """``passages``: each example's passages from the composite's earlier parts (features=question+context)."""
+        if not self.chunked and not bool(self.network.whitening.fitted):
             raise ConfigurationError(
                 "hyperlora: the whitening is not fitted: train it first (iagbench train --imaginer hyperlora ...) "
                 "and pass --imaginer-args checkpoint=DIR"
             )
-        encoded = self.encoder([e.question for e in examples]).to(self.device)
+        inputs = self._features(examples, passages)
         with torch.set_grad_enabled(self.network.training):  # gradients only while training
-            weights = self.network(encoded)
+            weights = self.network(**inputs)
         # base_dropout: while training, as the reference's HyperLora.dropout (nn.Dropout in training mode only)
         extra = {"base_dropout": self.base_dropout} if self.base_dropout and self.network.training else {}
         return [

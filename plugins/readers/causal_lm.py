@@ -17,6 +17,7 @@ from iagbench.lm.peft_lora import add_peft_lora
 
 from .prompts import get_template
 from .question_cut import cut_question
+from .reader_cost import causal_cost, decoder_only_shape
 
 
 class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
@@ -87,6 +88,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
         self.cache = cache
         self._static = StaticDecoder(self.model, compile=compile) if cache == "static" else None
+        self.last_generated_tokens: list[int] = []  # per row of the last generate(): tokens up to the end token
 
     def export(self, folder: Any) -> dict[str, Any]:
         """`iagbench export`: the peft LoRA baseline (lora_rank=R) as a peft adapter folder."""
@@ -215,10 +217,27 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
         fitted = self.fitted_prompts(examples, contexts)
+        self.last_generated_tokens = []
         generated = self.generate([prompt for prompt, _ in fitted], self.adapters_of(contexts))
+        counts = self.last_generated_tokens  # [] when a subclass's generate() does not count: zeros then
+        counts = counts if len(counts) == len(generated) else [0] * len(generated)
         return [
-            Answer(self.template.answer(text), raw=text, details=info) for text, (_, info) in zip(generated, fitted)
+            Answer(self.template.answer(text), raw=text, details={**info, "cost": self._cost(example, info, count)})
+            for text, (_, info), example, count in zip(generated, fitted, examples, counts)
         ]
+
+    def cost_model(self) -> dict[str, dict[str, int]]:
+        """Shapes for the runner's FLOPs estimate (docs/cost.md)."""
+        return decoder_only_shape(self.model)
+
+    def _cost(self, example: Example, info: dict[str, Any], generated: int) -> dict[str, Any]:
+        """``details["cost"]``: the prompt's question, context and input tokens, and the tokens generated."""
+        question, cut = example.question, info.get("question_cut")
+        if cut is not None:
+            question = cut_question(self.tokenizer, question, cut["kept"])[0]
+        asked = cut["kept"] if cut is not None else len(self._tokens(question))
+        context = info["prompt_tokens"] - self.count(self.render(question, [])) if info.get("passages_in_prompt") else 0
+        return causal_cost(asked, info["prompt_tokens"], max(context, 0), generated)
 
     def generate(self, prompts: Sequence[str], adapters: list[Any] | None = None) -> list[str]:
         """Greedy continuations of ``prompts``, stopped at the template's stop strings or end of sequence.
@@ -248,6 +267,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
                     inputs["input_ids"], inputs["attention_mask"], max_new_tokens=self.max_new_tokens, end_ids=self.end_ids,
                     prefix=prefix,
                 )  # fmt: skip
+            self.last_generated_tokens = [len(row) for row in new_tokens]
             return [self.cut(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         cache = self._prefix_cache(tuple(ids[0][:shared]), len(ids)) if shared else None
         with torch.inference_mode(), self.lora_active(adapters) as lora:
@@ -260,6 +280,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
                 cache=cache,
                 on_select=lora.select if lora is not None else None,
             )
+        self.last_generated_tokens = [len(row) for row in new_tokens]  # for details["cost"]
         return [self.cut(text) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def cut(self, text: str) -> str:

@@ -19,9 +19,11 @@ from iagbench.lm.models import pick_dtype
 from iagbench.lm.t5_models import load_t5, resolve_t5
 
 from .fid_decoding import StaticSeq2SeqDecoder, greedy_decode_seq2seq
-from .fid_inputs import FID_FORMAT, Encoded, pack_rows
+from .fid_inputs import FID_FORMAT, Encoded, input_format, pack_rows  # noqa: F401 (FID_FORMAT: importable from here)
 from .fid_options import check_fid_options, check_positive
+from .fid_training import load_reader_checkpoint, parse_train_parts, set_up_parts
 from .question_cut import cut_question
+from .reader_cost import encoder_decoder_shape, fid_cost
 
 
 class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
@@ -49,13 +51,16 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         compile: bool = False,
         seed: int = 0,
         answer_positions: int | None = None,
+        train_parts: str | None = None,
+        input: str = "fid",
     ):
+        self.train_parts, train = parse_train_parts(train_parts, train, lora_rank)
         train = check_fid_options(
             text_maxlength=text_maxlength, max_new_tokens=max_new_tokens, num_beams=num_beams,
             encoder_batch_size=encoder_batch_size, train=train, lora_rank=lora_rank, train_answer=train_answer,
             cache=cache, compile=compile,
         )  # fmt: skip
-        self.format = FID_FORMAT
+        self.format = input_format(input)  # single-row: the ImcQA reference's student input
         self.text_maxlength, self.max_new_tokens, self.num_beams = text_maxlength, max_new_tokens, num_beams
         self.encoder_batch_size = encoder_batch_size
         # the reference pads its labels to --answer_maxlength 256 (scripts/image.sh:168)
@@ -94,6 +99,7 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
     def _set_up_training(self, train: str, lora_rank: int, gradient_checkpointing: bool) -> None:
         """What trains (the whole T5, a peft LoRA on it, or nothing), and activation checkpointing."""
         self.model.requires_grad_(train == "full")
+        self._parts = set_up_parts(self.model, self.train_parts, train == "parts")  # the reference's hyperlora_ffn
         self.lora_rank = lora_rank
         self._peft: Any = None
         if lora_rank:  # the LoRA baseline: peft LoRA on q and v of every attention block; the T5 stays frozen
@@ -110,12 +116,8 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
             enable()
 
     def _load_checkpoint(self, checkpoint: str) -> str:
-        """Load a trained checkpoint into the reader; return what ``describe`` records of it."""
-        from iagbench.lm.checkpoints import load_trainable
-
-        # The checkpoint holds the whole T5 (trained with train=full) or, with lora_rank, the LoRA weights;
-        # it loads whatever train= is now.
-        return str(load_trainable(_WholeModel(self), checkpoint, "reader"))
+        """Load a trained checkpoint (the whole T5, the LoRA or the train_parts) into the reader; return its folder."""
+        return load_reader_checkpoint(self, checkpoint)
 
     def export(self, folder: Any) -> dict[str, Any]:
         """`iagbench export`: the peft LoRA (lora_rank=R) as a peft adapter folder, else the T5 (train=full) as a
@@ -151,6 +153,8 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
             info.update(self._static.describe())
         if self.answer_positions is not None:  # recorded only when set: earlier runs keep their identity
             info["answer_positions"] = self.answer_positions
+        if self.train_parts:
+            info["train_parts"] = list(self.train_parts)
         return info
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:
@@ -177,11 +181,23 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
                     lora.route("decoder", torch.arange(len(examples)).repeat_interleave(self.num_beams))
                 tokens = self._beam_search(encoded)
         answers = []
-        for ids, info in zip(tokens, encoded.info):
+        for index, (ids, info) in enumerate(zip(tokens, encoded.info)):
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             raw = self.tokenizer.decode(ids, skip_special_tokens=False)
-            answers.append(Answer(text, raw=raw, details=info))
+            cost = self._cost(examples[index], info, [n for row, n in self.last_rows if row == index], len(ids))
+            answers.append(Answer(text, raw=raw, details={**info, "cost": cost}))
         return answers
+
+    def cost_model(self) -> dict[str, dict[str, int]]:
+        """Shapes for the runner's FLOPs estimate (docs/cost.md)."""
+        return encoder_decoder_shape(self.model)
+
+    def _cost(self, example: Example, info: dict[str, Any], rows: list[int], generated: int) -> dict[str, Any]:
+        """``details["cost"]``: question tokens (once per encoder row), context and input tokens, tokens generated."""
+        cut = info.get("question_cut")
+        question = self.tokenizer(example.question, add_special_tokens=False)["input_ids"] if cut is None else None
+        asked = cut["kept"] if cut is not None else len(question)
+        return fid_cost(asked, rows, info.get("passages", 0), generated)
 
     # ---- the encoder side ----
 
@@ -231,6 +247,7 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         import torch
 
         ids, rows, info = self.encoder_inputs(examples, contexts)
+        self.last_rows = [(row, len(tokens)) for row, tokens in zip(rows, ids)]  # (example, tokens): for the cost
         width = max(map(len, ids))
         input_ids = torch.tensor([row + [self.pad_id] * (width - len(row)) for row in ids], device=self.device)
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], device=self.device)
@@ -285,10 +302,10 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
     # ---- training ----
 
     def trainable_module(self) -> Any:
-        return {"full": self.model, "lora": self._peft}.get(self.train_mode)
+        return {"full": self.model, "lora": self._peft, "parts": self._parts}.get(self.train_mode)
 
     def train(self, mode: bool = True) -> None:
-        if self.train_mode in ("full", "lora"):
+        if self.train_mode in ("full", "lora", "parts"):
             self.model.train(mode)
 
     def target_ids(self, targets: Sequence[str | Sequence[int]]) -> tuple[Any, Any]:
@@ -363,19 +380,6 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         return torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
         )
-
-
-class _WholeModel:
-    """What ``load_trainable`` loads a checkpoint into: the whole T5 (or its peft LoRA weights), whatever ``train=`` says now."""
-
-    def __init__(self, reader: FiDReader):
-        self.reader = reader
-
-    def trainable_module(self) -> Any:
-        return self.reader._peft if self.reader._peft is not None else self.reader.model
-
-
-_WholeModel.__name__ = _WholeModel.__qualname__ = "FiDReader"  # error messages name the reader
 
 
 def _torch_float32() -> Any:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from iagbench import Passage
+from iagbench import ConfigurationError, Passage
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,32 @@ FID_FORMAT = InputFormat(
     passage="question: {question} title: {title} context: {text}",
     note="facebookresearch/FiD src/data.py: question_prefix + ' ' + question + ' ' + 'title: {} context: {}'",
 )
+
+
+@dataclass(frozen=True)
+class SingleRowFormat(InputFormat):
+    """The question and every passage's text (no titles) in one encoder row."""
+
+    def texts(self, question: str, passages: Sequence[Passage]) -> list[str]:
+        return [self.passage.format(question=question, text=" ".join(p.text for p in passages)).rstrip()]
+
+
+SINGLE_ROW_FORMAT = SingleRowFormat(
+    name="single-row",
+    version=1,
+    question="question: {question}",
+    passage="question: {question}\n{text}",
+    note="the ImcQA reference's student input (data/data_interface.py:57, 180): question + '\\n' + context, "
+    "the passages' texts joined by spaces",
+)
+FORMATS = {"fid": FID_FORMAT, "single-row": SINGLE_ROW_FORMAT}
+
+
+def input_format(name: str) -> InputFormat:
+    """The format of reader option ``input``."""
+    if name not in FORMATS:
+        raise ConfigurationError(f"reader option input={name!r}: expected one of {', '.join(FORMATS)}")
+    return FORMATS[name]
 
 
 @dataclass

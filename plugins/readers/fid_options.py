@@ -7,7 +7,7 @@ from typing import Any
 from iagbench import ConfigurationError
 from iagbench.lm.decoding import check_decoding_options
 
-TRAIN_MODES = ("full", "lora", "none")
+TRAIN_MODES = ("full", "lora", "none", "parts")  # parts: with train_parts (fid_training)
 TRAIN_ANSWERS = ("random", "first")
 
 
