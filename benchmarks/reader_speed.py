@@ -21,21 +21,35 @@ Without weights or data (the GPU check of issue 7, Llama-2-13B's shape, random w
 a dataset; both sides then use the bare `Question: q\nAnswer:` prompt (the reader's `plain` template)
 and decode `--new-tokens` greedily, so they do the same work: "same as baseline" is the share of
 answers equal to the baseline's text. On CUDA, "peak GiB" is the most memory allocated in that row.
+
+`--batch-tokens N,...` adds reader rows batched as `iagbench run` batches by default (a token budget:
+examples x longest prompt within N). `--whole-run` adds rows of a whole `iagbench run` process (imports,
+model load and all) with default batching, and with `--batch-size 16`, against the same plain loop:
+
+    python benchmarks/reader_speed.py --data-dir ../shared/data --limit 200 --decoding dynamic \
+        --batch-sizes 16,64 --batch-tokens 4096,8192,16384 --whole-run
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import random
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from tabulate import tabulate
 
 from iagbench import Context, Example
 from iagbench.contract.plugins import load_plugins
-from iagbench.runs.runner import batches
+from iagbench.runs.batching import BatchSizer
+from iagbench.runs.prediction import prompt_lengths
+from iagbench.runs.runner import batches, ordered_examples
 from iagbench.text.normalize import exact_match, subspan_em
 from iagbench_plugins.readers.causal_lm import CausalLMReader
 
@@ -79,6 +93,43 @@ def ours(reader: CausalLMReader, examples: list, batch_size: int) -> list[str]:
     return [answers[e.id] for e in examples]
 
 
+def ours_by_tokens(reader: CausalLMReader, examples: list, budget: int) -> list[str]:
+    """The reader fed in `iagbench run`'s token-budget batches (``--batch-tokens budget``), answers in dataset order."""
+    ordered = ordered_examples(examples)
+    lengths, sizer = prompt_lengths(reader, ordered), BatchSizer.for_setting(None, False, budget)
+    answers: dict[str, str] = {}
+    start = 0
+    while start < len(ordered):
+        batch = ordered[start : start + sizer.take(lengths, start)]
+        answers.update(zip((e.id for e in batch), reader.answer(batch, [Context()] * len(batch))))
+        start += len(batch)
+    return [answers[e.id] for e in examples]
+
+
+def whole_run(args: argparse.Namespace, extra: list[str]) -> tuple[float, list[str], list]:
+    """Seconds of one whole `iagbench run` process (a fresh run folder), its predictions in dataset order
+    and the largest batch it used."""
+    iagbench = Path(sys.executable).with_name("iagbench")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [str(iagbench), "run", "--reader", args.model.replace("_", "-"), "--imaginer", "none", "--dataset",
+                   args.dataset, "--split", args.split, "--limit", str(args.limit), "--no-progress", "-q",
+                   "--output", f"{tmp}/run", *(["--data-dir", args.data_dir] if args.data_dir else []), *extra]  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+
+        records = [json.loads(line) for line in Path(f"{tmp}/run/predictions.jsonl").read_text().splitlines()]
+        results = json.loads(Path(f"{tmp}/run/results.json").read_text())
+    by_id = {r["id"]: r["prediction"] for r in records}
+    return seconds, by_id, results["predicted_by"][0]["batch_size"]
+
+
+def _whole(args: argparse.Namespace, extra: list[str], examples: list, used: list) -> list[str]:
+    _, by_id, largest = whole_run(args, extra)
+    used.append(largest)
+    return [by_id[e.id] for e in examples]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="nq")
@@ -96,6 +147,8 @@ def main() -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=16, help="new tokens per answer, both sides")
     parser.add_argument("--baseline-batch", type=int, default=16, help="batch size of the plain generate loop")
+    parser.add_argument("--batch-tokens", default="", help="token budgets to try for the reader (as iagbench run)")
+    parser.add_argument("--whole-run", action="store_true", help="rows of whole `iagbench run` processes (fp32)")
     args = parser.parse_args()
 
     modes = {"dynamic": {}, "static": {"cache": "static"}, "compiled": {"cache": "static", "compile": True}}
@@ -161,6 +214,14 @@ def main() -> None:
             for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
                 measure(f"{dtype}: iagbench causal-lm reader, {mode} (batch {batch_size})",
                         lambda reader=reader, examples=examples, batch_size=batch_size: ours(reader, examples, batch_size), warm_up=mode != "dynamic")  # fmt: skip
+            for budget in [int(b) for b in args.batch_tokens.split(",") if b]:
+                measure(f"{dtype}: iagbench causal-lm reader, {mode} (batch tokens {budget})",
+                        lambda reader=reader, examples=examples, budget=budget: ours_by_tokens(reader, examples, budget), warm_up=mode != "dynamic")  # fmt: skip
+            if args.whole_run and dtype == "fp32" and mode == "dynamic" and not synthetic:
+                for label, extra in (("default options", []), ("--batch-size 16", ["--batch-size", "16"])):
+                    used: list = []
+                    measure(f"fp32: whole `iagbench run` process, {label}", lambda extra=extra, used=used, examples=examples: _whole(args, extra, examples, used))  # fmt: skip
+                    rows[-1][0] += f" (largest batch {used[0]})"
             del reader
             gc.collect()
             if cuda:

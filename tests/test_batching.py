@@ -13,7 +13,7 @@ import torch
 from iagbench import Imaginer, Reader
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.plugins import load_plugins
-from iagbench.runs.batching import AUTO_CPU, AUTO_START, BatchSizer
+from iagbench.runs.batching import AUTO_CPU, AUTO_START, DEFAULT_BATCH_TOKENS, TOKEN_BATCH_MAX, BatchSizer
 from iagbench.runs.processes import Processes
 from iagbench.runs.runner import RunSpec, ordered_examples, predict, run
 from iagbench_plugins.datasets.sample import Sample
@@ -168,3 +168,92 @@ def test_greedy_predictions_do_not_depend_on_the_batch_size():
             raw[size] = [(r["id"], r["raw"]) for records, _ in written for r in records]
         assert raw[1] == raw[3] == raw[16]
         assert len({text for _, text in raw[1]}) >= 8  # the answers differ between questions
+
+
+def test_token_budget_takes_examples_while_count_times_longest_fits():
+    sizer = BatchSizer.for_setting(None, cuda=False, batch_tokens=100)
+    assert (sizer.size, sizer.tokens) == (TOKEN_BATCH_MAX, 100)
+    lengths = [10, 20, 20, 30, 40, 200, 5]
+    # 3 x 20 = 60 (4 x 30 is over); 2 x 40; 200 alone (over the budget, still one example); 5
+    assert [sizer.take(lengths, 0), sizer.take(lengths, 3), sizer.take(lengths, 5), sizer.take(lengths, 6)] == [
+        3,
+        2,
+        1,
+        1,
+    ]
+    assert BatchSizer.for_setting(3, cuda=False, batch_tokens=1000).take(lengths, 0) == 3  # --batch-size caps
+    assert BatchSizer.for_setting(3, cuda=False).take(lengths, 0) == 3  # --batch-size alone: as before
+    default = BatchSizer.for_setting(None, cuda=True)
+    assert (default.tokens, default.probe) == (DEFAULT_BATCH_TOKENS, False)
+    with pytest.raises(ConfigurationError, match="--batch-tokens 0: expected a positive integer"):
+        BatchSizer.for_setting(None, cuda=False, batch_tokens=0)
+    with pytest.raises(ConfigurationError, match="--batch-tokens: not with --batch-size auto"):
+        BatchSizer.for_setting("auto", cuda=False, batch_tokens=10)
+
+
+class CountingReader(Reader):
+    """Answers with the question's first word; its prompt is one token a character of the question."""
+
+    def answer(self, examples, contexts):
+        return [e.question.split()[0] for e in examples]
+
+    def prompt_tokens(self, examples, contexts):
+        return [len(e.question) for e in examples]
+
+
+def test_run_batches_by_tokens_and_readers_that_cannot_count_get_16(tmp_path):
+    todo = SAMPLE_TEST[:40]
+    written, status = collect(todo, CountingReader(), BatchSizer.for_setting(None, cuda=False, batch_tokens=300))
+    sizes = [len(records) for records, _ in written]
+    lengths = [len(e.question) for e in ordered_examples(todo)]
+    start = 0
+    for size in sizes:  # each batch is the most that fits (or one example)
+        batch = lengths[start : start + size]
+        assert size == 1 or size * max(batch) <= 300
+        assert start + size == len(lengths) or (size + 1) * max(lengths[start : start + size + 1]) > 300
+        start += size
+    assert len(set(sizes)) > 1 and status["batch_tokens"] == 300 and status["batch_size"] == max(sizes)
+    written, status = collect(todo, BudgetReader(10**6), BatchSizer.for_setting(None, cuda=False))
+    assert [len(records) for records, _ in written] == [16, 16, 8] and "batch_tokens" not in status
+    counting = BudgetReader(0)
+    counting.prompt_tokens = CountingReader().prompt_tokens
+    with pytest.raises(ConfigurationError, match=r"batch of 4 examples; use a smaller --batch-tokens \(now 1000\)"):
+        collect(todo[:4], counting, BatchSizer.for_setting(None, cuda=False, batch_tokens=1000))
+
+
+def test_cli_batch_tokens_is_checked_and_recorded(invoke_cli, echo_plugin_file, tmp_path):
+    for words, error in (
+        (["--batch-tokens", "0"], "--batch-tokens 0: expected a positive integer"),
+        (["--batch-size", "auto", "--batch-tokens", "64"], "--batch-tokens: not with --batch-size auto"),
+    ):
+        code, _, err = invoke_cli("run", "--reader", "echo", *words, "--output", str(tmp_path / "bad"),
+                                  plugin_files=(echo_plugin_file,))  # fmt: skip
+        assert code == 2 and error in err
+    output = tmp_path / "run"
+    code, _, err = invoke_cli("run", "--reader", "echo", "--limit", "5", "--batch-tokens", "64", "--no-progress",
+                              "--output", str(output), plugin_files=(echo_plugin_file,))  # fmt: skip
+    assert code == 0, err
+    config = json.loads((output / "config.json").read_text())
+    assert (config["batch_size"], config["batch_tokens"], config["non_default_options"]["batch_tokens"]) == (
+        None,
+        64,
+        64,
+    )
+
+
+def test_greedy_predictions_are_the_same_for_token_budgets_and_batch_size_one():
+    from iagbench_plugins.readers.causal_lm import CausalLMReader
+
+    reader = CausalLMReader(model="tiny-llama", prompt="plain", max_new_tokens=8)
+    todo = SAMPLE_TEST[:24]
+    raw, sizes = {}, {}
+    for name, sizer in (
+        ("one", BatchSizer(1)),
+        *((n, BatchSizer.for_setting(None, False, n)) for n in (40, 120, 4096)),
+    ):
+        written, _ = collect(todo, reader, sizer)
+        raw[name] = [(r["id"], r["raw"]) for records, _ in written for r in records]
+        sizes[name] = [len(records) for records, _ in written]
+    assert raw["one"] == raw[40] == raw[120] == raw[4096]
+    assert len({text for _, text in raw["one"]}) >= 8  # the answers differ between questions
+    assert max(sizes[40]) < max(sizes[120]) < max(sizes[4096]) == 24  # the budgets made different batches

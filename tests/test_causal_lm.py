@@ -10,10 +10,10 @@ import torch
 from lora_adapters import random_lora_adapter
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage
-from iagbench.lm.decoding import greedy_decode, stop_token_ids
+from iagbench.lm.decoding import greedy_decode, shared_prefix_length, stop_token_ids
 from iagbench.lm.lora import LoRAAdapter
 from iagbench.lm.models import PRESETS, resolve_model
-from iagbench_plugins.readers.causal_lm import CausalLMReader, shared_prefix_length
+from iagbench_plugins.readers.causal_lm import CausalLMReader
 from iagbench_plugins.readers.prompts import extract_short_answer, get_template
 
 QUESTIONS = [

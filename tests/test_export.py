@@ -60,6 +60,28 @@ def test_fid_lora_exports_a_peft_adapter(tmp_path, plugins):
     torch.testing.assert_close(a, b)
 
 
+def test_fid_lora_with_alpha_and_dropout_exports_a_peft_adapter(tmp_path, plugins):
+    """The reference's LoRA settings (alpha, dropout; model/Imagemodel.py:37-44) travel into adapter_config.json."""
+    from peft import PeftModel
+
+    options = {"lora_rank": 2, "lora_alpha": 3, "lora_dropout": 0.05}
+    output = trained(tmp_path, plugins, "fid-tiny", options)
+    export(output, tmp_path / "x", plugins)
+    config = json.loads((tmp_path / "x" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (2, 3, 0.05)
+    readers = plugins["readers"].get("fid-tiny")
+    mine = readers.build(**options, checkpoint=str(output))
+    exported = PeftModel.from_pretrained(readers.build().model, str(tmp_path / "x")).eval()
+    mine.model.eval()
+    with torch.no_grad():
+        a = mine.model(input_ids=IDS, decoder_input_ids=IDS).logits
+        b = exported(input_ids=IDS, decoder_input_ids=IDS).logits
+        other = readers.build(lora_rank=2, checkpoint=str(output)).model.eval()  # alpha 2r: another scale
+        c = other(input_ids=IDS, decoder_input_ids=IDS).logits
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
 def test_fid_full_exports_a_save_pretrained_folder(tmp_path, plugins):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

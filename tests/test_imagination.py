@@ -348,13 +348,13 @@ def test_imagine_n_returns_the_k_best_beams_deterministically_and_train_false_fr
 def test_a_frozen_imagine_writes_each_question_once_and_the_same_documents():
     frozen = ImagineImaginer("tiny-llama", train=False, max_new_tokens=6)
     prompts_generated = []
-    generate = frozen.lm.generate
+    generate = frozen.lm.generate_counted
 
     def counting_generate(prompts, max_new_tokens):
         prompts_generated.extend(prompts)
         return generate(prompts, max_new_tokens)
 
-    frozen.lm.generate = counting_generate
+    frozen.lm.generate_counted = counting_generate
     first = frozen.imagine(QUESTIONS[:2])
     again = frozen.imagine([QUESTIONS[2], QUESTIONS[0], QUESTIONS[2]])  # one new question, one seen, one repeated
     assert len(prompts_generated) == 3  # every question written once

@@ -329,6 +329,7 @@ def test_identity_decides_the_folder_name(echo_plugins, tmp_path):
     first = folder()
     assert folder() == first
     assert folder(batch_size=3) == first  # how it runs, not what it runs
+    assert folder(batch_size=None, batch_tokens=50) == folder(batch_size=None) == first  # so is the token budget
     others = {folder(limit=4), folder(reader_args={"mode": "mixed"}), folder(seed=1)}
     assert len(others) == 3 and first not in others
     assert all(name.startswith("sample-test__none__echo__") for name in others)

@@ -22,7 +22,7 @@ from iagbench.commands.logs import info
 from iagbench.commands.recipes import add_recipe_arguments
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.job import JobSpec
-from iagbench.runs.batching import AUTO
+from iagbench.runs.batching import AUTO, DEFAULT_BATCH_TOKENS
 from iagbench.runs.runner import RunSpec
 
 NAME = "run"
@@ -38,8 +38,12 @@ def configure(options: CommandOptions) -> None:
     add_component_options(options)
     options.add("--metrics", default="", help="comma-separated metric names (default: all registered)")
     add_batch_size(options, DEFAULTS["batch_size"], auto=True, help=(
-        "examples per imaginer/reader call (default: 16); auto: with CUDA the largest that fits (starts at 16, "
-        "doubles while batches fit, halves and retries on out-of-memory), without CUDA 16"))  # fmt: skip
+        "examples per imaginer/reader call (default: by --batch-tokens; with --batch-tokens: the most); auto: with "
+        "CUDA the largest that fits (starts at 16, doubles while batches fit, halves and retries on out-of-memory), "
+        "without CUDA 16"))  # fmt: skip
+    options.add("--batch-tokens", type=int, metavar="N", help=(
+        f"a batch holds examples (in length order) while examples x longest prompt in tokens stays within N "
+        f"(default: {DEFAULT_BATCH_TOKENS} unless --batch-size is given; readers that cannot count: 16 examples)"))  # fmt: skip
     options.add("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: 0)")
     options.add("--output", type=Path, help="run folder (default: runs/<components>__<config hash>)")
     options.add(
@@ -79,12 +83,17 @@ def run(invocation: Invocation) -> int:
 def spec_of(job: JobSpec) -> RunSpec:
     """The runner's spec of one job, its settings checked."""
     settings = job.settings
-    if settings["batch_size"] != AUTO and settings["batch_size"] < 1:
+    if settings["batch_size"] not in (AUTO, None) and settings["batch_size"] < 1:
         raise ConfigurationError(f"--batch-size {settings['batch_size']}: expected a positive integer or auto")
+    if settings["batch_tokens"] is not None and settings["batch_tokens"] < 1:
+        raise ConfigurationError(f"--batch-tokens {settings['batch_tokens']}: expected a positive integer")
+    if settings["batch_size"] == AUTO and settings["batch_tokens"] is not None:
+        raise ConfigurationError("--batch-tokens: not with --batch-size auto (give one of them)")
     if settings["wait_timeout"] <= 0:
         raise ConfigurationError(f"--wait-timeout {settings['wait_timeout']}: expected a positive number of seconds")
     if not isinstance(job.limit, float):  # a fraction was checked when read
         positive(job.limit, "--limit")
     return RunSpec(**job.components(), output=job.output, metrics=names(settings["metrics"]),
-                   batch_size=settings["batch_size"], seed=settings["seed"], runs_dir=settings["runs_dir"],
+                   batch_size=settings["batch_size"], batch_tokens=settings["batch_tokens"], seed=settings["seed"],
+                   runs_dir=settings["runs_dir"],
                    wait_timeout=settings["wait_timeout"])  # fmt: skip

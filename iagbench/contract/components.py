@@ -58,6 +58,10 @@ class Reader(ABC):
         """Resolved settings worth recording (model source, dtype, prompt version)."""
         return {}
 
+    def prompt_tokens(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[int] | None:
+        """Optional: the tokens of each example's prompt, for batches by token budget (None: not counted)."""
+        return None
+
 
 class Distillable(ABC):
     """A reader that long-context distillation (``iagbench train --teacher-reader``) can train, or learn from.

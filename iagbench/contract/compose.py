@@ -166,7 +166,9 @@ class CompositeImaginer(Imaginer, Trainable):
                 "question: they cannot be merged"
             )
         passages = tuple(p for c in contexts for p in c.passages)
-        return Context(passages=passages, adapter=adapters[0][1] if adapters else None)
+        costs = [c.cost for c in contexts if isinstance(c.cost, dict)]
+        cost = _summed(costs) if costs else None  # the parts' costs added up (docs/cost.md)
+        return Context(passages=passages, adapter=adapters[0][1] if adapters else None, cost=cost)
 
     def describe(self) -> dict[str, Any]:
         return {"composite": self.name, "parts": [{"name": name, **part.describe()} for name, part in self.parts]}
@@ -224,6 +226,18 @@ class CompositeImaginer(Imaginer, Trainable):
         if not (isinstance(part, Trainable) and part.has_loss()):
             return super().loss(examples, contexts)
         return part.loss(examples, contexts)
+
+
+def _summed(costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Numbers at the same place in nested dicts added up; a place only some dicts have is kept as it is."""
+    total: dict[str, Any] = {}
+    for cost in costs:
+        for key, value in cost.items():
+            if isinstance(value, dict):
+                total[key] = _summed([total.get(key, {}), value])
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def _passages_so_far(per_part: Sequence[Sequence[Context]], n: int) -> list[tuple]:

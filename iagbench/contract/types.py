@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,10 +44,15 @@ class Example:
 
 @dataclass(frozen=True)
 class Context:
-    """What an imaginer gives the reader for one question: passages, an adapter, or both."""
+    """What an imaginer gives the reader for one question: passages, an adapter, or both.
+
+    ``cost`` (optional): what imagining it cost, ``{"flops": int, "tokens": {name: int}}`` (docs/cost.md); the
+    runner records it, and it takes no part in comparing contexts.
+    """
 
     passages: tuple[Passage, ...] = ()
     adapter: LoRAAdapter | None = None
+    cost: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "passages", tuple(self.passages))

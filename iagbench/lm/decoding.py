@@ -240,3 +240,16 @@ def cut_after_end(rows: list[list[int]], end_ids: Collection[int]) -> list[list[
         stop = next((i for i, token in enumerate(row) if token in end_ids), None)
         cut.append(row if stop is None else row[: stop + 1])
     return cut
+
+
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens all rows start with, leaving each row at least one token of its own (0 if too short to pay)."""
+    limit = min(len(row) for row in rows) - 1
+    length = 0
+    first = rows[0]
+    while length < limit and all(row[length] == first[length] for row in rows):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0

@@ -1,4 +1,4 @@
-"""What each answer costs: wall seconds per stage, reader tokens, adapter parameters, FLOPs, peak memory.
+"""What each answer costs: wall seconds per stage, reader and imaginer tokens, adapter parameters, FLOPs, peak memory.
 
 A measurement, not configuration: kept out of the run's identity. The formulas are in docs/cost.md.
 """
@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from iagbench.contract.types import Context
+from iagbench.lm.flops import forward_flops
 
-COST_VERSION = "1"
+COST_VERSION = "2"  # 2: imaginer_flops and imaginer_tokens (Context.cost), in the report's GFLOP/q
 TOKEN_KEYS = ("question", "context", "input", "generated")  # details["cost"]: KEY_tokens
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,6 @@ def model_shape(component: Any) -> dict[str, dict[str, int]] | None:
     except Exception as error:  # a cost estimate never stops a run
         log.warning("%s.cost_model(): %s; no FLOPs estimate", type(component).__name__, error)
         return None
-
-
-def forward_flops(shape: dict[str, dict[str, int]], passes: dict[str, dict[str, int]]) -> int:
-    """Sum over parts of 2 N T + 2 L d A (N parameters, L layers, d width, T tokens, A attended positions)."""
-    total = 0
-    for part, counts in passes.items():
-        model = shape.get(part)
-        if model is None:
-            continue
-        total += 2 * model["parameters"] * counts["tokens"]
-        total += 2 * model["layers"] * model["d_model"] * counts["attended"]
-    return total
 
 
 def adapter_parameters(context: Context) -> int | None:
@@ -63,10 +52,31 @@ def example_cost(
             cost["tokens"] = tokens
         if shape and isinstance(counted.get("passes"), dict):
             cost["reader_flops"] = forward_flops(shape, counted["passes"])
+    cost.update(imaginer_cost(context))
     parameters = adapter_parameters(context)
     if parameters is not None:
         cost["adapter_parameters"] = parameters
     return cost
+
+
+def imaginer_cost(context: Context) -> dict[str, Any]:
+    """What the imaginer reported in ``Context.cost``: ``imaginer_flops`` and ``imaginer_tokens`` (those it has)."""
+    reported = getattr(context, "cost", None)
+    if not isinstance(reported, dict):
+        return {}
+    found: dict[str, Any] = {}
+    if _count(reported.get("flops")):
+        found["imaginer_flops"] = reported["flops"]
+    tokens = reported.get("tokens")
+    if isinstance(tokens, dict):
+        counted = {str(key): value for key, value in tokens.items() if _count(value)}
+        if counted:
+            found["imaginer_tokens"] = counted
+    return found
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def batch_costs(
@@ -116,8 +126,9 @@ def run_cost(records: Iterable[dict[str, Any]], ranks: Sequence[dict[str, Any]])
         _add(total, cost)
     for key in [key for key in total if not all(key in cost for cost in costs)]:
         del total[key]
-    if "tokens" in total:
-        total["tokens"] = {k: v for k, v in total["tokens"].items() if all(k in c["tokens"] for c in costs)}
+    for group in ("tokens", "imaginer_tokens"):
+        if group in total:
+            total[group] = {k: v for k, v in total[group].items() if all(k in c[group] for c in costs)}
     n = len(costs)
     result: dict[str, Any] = {"version": COST_VERSION, "n": n, "total": total, "per_example": _means(total, n)}
     peaks = [rank["peak_memory"] for rank in ranks if isinstance(rank.get("peak_memory"), dict)]

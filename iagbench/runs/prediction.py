@@ -84,9 +84,12 @@ def predict(
     out_of_memory = out_of_memory_error()
     shape = model_shape(reader)
     ordered = ordered_examples(todo, order)
+    lengths = prompt_lengths(reader, ordered) if sizer.tokens is not None else None
+    if sizer.tokens is not None and lengths is None:
+        sizer.without_tokens()
     start = predicted = 0
     while start < len(ordered):
-        batch = ordered[start : start + sizer.size]
+        batch = ordered[start : start + sizer.take(lengths, start)]
         try:
             records = _predict_batch(batch, imaginer, reader, metrics, shape)
         except out_of_memory:
@@ -105,6 +108,15 @@ def predict(
         start += len(batch)
         advance(len(batch))
     return status
+
+
+def prompt_lengths(reader: Reader, examples: Sequence[Example]) -> list[int] | None:
+    """The reader's prompt tokens per example, without context (None: the reader does not count)."""
+    count = getattr(reader, "prompt_tokens", None)
+    lengths = count(examples, [Context()] * len(examples)) if callable(count) else None
+    if lengths is not None and len(lengths) != len(examples):
+        raise ConfigurationError(f"reader returned {len(lengths)} prompt lengths for {len(examples)} examples")
+    return None if lengths is None else [int(n) for n in lengths]
 
 
 def _predict_batch(

@@ -60,7 +60,8 @@ class RunSpec:
     reader_args: dict[str, Any] = field(default_factory=dict)
     metrics: Sequence[str] | None = None
     limit: int | float | None = None  # a float 0 < x < 1: the first ceil(x * N) examples
-    batch_size: int | str = 16  # or "auto" (see iagbench.runs.batching)
+    batch_size: int | str | None = None  # or "auto"; None: by batch_tokens (see iagbench.runs.batching)
+    batch_tokens: int | None = None  # None: the default budget unless batch_size is given
     order: str = "length"
     seed: int = 0
     output: Path | None = None
@@ -301,6 +302,7 @@ def _open_folder(
             "hash": plan.hash,
             "identity": plan.identity,
             "batch_size": spec.batch_size,
+            "batch_tokens": spec.batch_tokens,
             "batch_order": spec.order,
             "metrics": metric_versions(plan.resolved.metrics),
             "plugins": plan.versions,
@@ -333,7 +335,7 @@ def _predict_todo(
     folder.check_components(described)  # a resume with components described otherwise is refused
     if procs.main:
         folder.record_components(described)
-    sizer = BatchSizer.for_setting(spec.batch_size, cuda=device.startswith("cuda"))
+    sizer = BatchSizer.for_setting(spec.batch_size, device.startswith("cuda"), spec.batch_tokens)
     status = {"rank": procs.rank, "world_size": procs.world_size, "device": device}
     shard = ShardWriter(folder.path, procs) if procs.sharded else None
     write = shard.append if shard else lambda records, _status: folder.append(records)

@@ -24,6 +24,10 @@ class HashingEncoder:
                 features[row, bucket] += 1.0
         return torch.nn.functional.normalize(features, dim=-1)
 
+    def cost(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        """Per text, (tokens, FLOPs): its words, and no model."""
+        return [(len(re.findall(r"\w+", text.lower())), 0) for text in texts]
+
 
 class SentenceEncoder:
     """Mean-pooled sentence-transformers embeddings of the question, frozen."""
@@ -35,6 +39,17 @@ class SentenceEncoder:
         self.dims = (
             getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         )()
+
+    def cost(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        """Per text, (tokens, forward FLOPs): its tokens as encoded (cut to the model's max_seq_length), each
+        attending to all of them, by the formula of docs/cost.md (pooling not counted)."""
+        from iagbench.lm.flops import encoder_only_shape, forward_flops
+
+        if not hasattr(self, "_shape"):
+            self._shape = encoder_only_shape(self.model[0].auto_model)
+        masks = self.model.tokenize(list(texts))["attention_mask"]
+        counts = [int(n) for n in masks.sum(-1).tolist()]
+        return [(n, forward_flops(self._shape, {"encoder": {"tokens": n, "attended": n * n}})) for n in counts]
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.no_grad():

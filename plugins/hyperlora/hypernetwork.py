@@ -150,6 +150,17 @@ class HyperNetwork(nn.Module):
             self.slots.update({kind: (name, j, len(kinds)) for j, kind in enumerate(kinds)})
         self.layers = {kind: shape[0] for kind, shape in shapes.items()}
 
+    def macs(self) -> int:
+        """Multiply-accumulates of one example's forward (docs/cost.md): the whitening projection, then for every
+        target layer its head's hidden layer(s) and its A and B outputs (biases, norms and activations not counted)."""
+        total = int(self.whitening.projection.numel())
+        for kind, (name, _, _) in self.slots.items():
+            head = self.heads[name]
+            bodies = [head.body] if hasattr(head, "body") else [head.body_a, head.body_b]
+            per_layer = sum(body[0].weight.numel() for body in bodies)
+            total += self.layers[kind] * int(per_layer + head.to_a.weight.numel() + head.to_b.weight.numel())
+        return total
+
     def forward(
         self, encoded: torch.Tensor, whitened: torch.Tensor | None = None
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -137,12 +137,15 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
             )
         self.network.whitening.fit(self._encode(examples, passages).to(self.device))
 
+    def _texts(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None) -> list[str]:
+        """What the encoder reads: the questions (with their passages: features=question+context)."""
+        if self.reads_passages:
+            return [feature_text(e.question, passages[i] if passages else ()) for i, e in enumerate(examples)]
+        return [e.question for e in examples]
+
     def _encode(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None) -> torch.Tensor:
         """The frozen encoder's features of the examples' questions (with their passages: features=question+context)."""
-        if self.reads_passages:
-            texts = [feature_text(e.question, passages[i] if passages else ()) for i, e in enumerate(examples)]
-        else:
-            texts = [e.question for e in examples]
+        texts = self._texts(examples, passages)
         return torch.cat([self.encoder(texts[i : i + CHUNK]) for i in range(0, len(texts), CHUNK)])
 
     def _chunked(self, encoded: torch.Tensor) -> torch.Tensor:
@@ -171,11 +174,25 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
             weights = self.network(**inputs)
         # base_dropout: while training, as the reference's HyperLora.dropout (nn.Dropout in training mode only)
         extra = {"base_dropout": self.base_dropout} if self.base_dropout and self.network.training else {}
+        costs = self.costs(examples, passages) if not self.network.training else [None] * len(examples)
         return [
             Context(
                 adapter=LoRAAdapter(
                     {k: a[row] for k, (a, _) in weights.items()}, {k: b[row] for k, (_, b) in weights.items()}, **extra
-                )
+                ),
+                cost=costs[row],
             )
             for row in range(len(examples))
+        ]
+
+    def costs(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None) -> list[dict[str, Any]]:
+        """Each example's ``Context.cost`` (docs/cost.md): the encoder's tokens and FLOPs, plus 2 x the
+        hypernetwork's multiply-accumulates."""
+        counted = getattr(self.encoder, "cost", None)
+        network = 2 * self.network.macs()
+        if not callable(counted):  # an encoder that does not count: the hypernetwork's alone
+            return [{"flops": network} for _ in examples]
+        return [
+            {"flops": flops + network, "tokens": {"encoder": n}}
+            for n, flops in counted(self._texts(examples, passages))
         ]

@@ -39,6 +39,11 @@ def configure(options: CommandOptions) -> None:
     add("--target-tokens", type=int, default=64, help="token budget of a compressed context (default: 64)")
     add("--model", default="smollm2-135m", help="scoring causal LM (default: smollm2-135m)")
     add("--granularity", default="sentence", choices=("sentence", "passage"), help="what is kept or dropped whole")
+    add("--prune", default="none", choices=("none", "tokens"),
+        help="after the coarse selection: tokens = keep the --target-tokens tokens of highest contrastive perplexity "
+        "given the question (LongLLMLingua's condition_compare; default: none)")  # fmt: skip
+    add("--context-budget", type=int, default=100,
+        help="with --prune tokens: the coarse selection keeps up to --target-tokens + this many (default: 100)")  # fmt: skip
     add_batch_size(options, 16, help="questions per imaginer call (default: 16)")
     add_progress(options)
 
@@ -46,6 +51,8 @@ def configure(options: CommandOptions) -> None:
 def run(invocation: Invocation) -> int:
     job = invocation.job()
     compressor = {key: job.settings[key] for key in ("model", "target_tokens", "granularity")}
+    if job.settings["prune"] != "none":  # recorded only when on: earlier pairs files keep their identity
+        compressor.update(prune=job.settings["prune"], context_budget=job.settings["context_budget"])
     print(json.dumps(compress(invocation.plugins, job, compressor_options=compressor, log=info), indent=2))
     return 0
 
@@ -104,7 +111,7 @@ def compress(
 
 def _identity(plugins: Plugins, job: JobSpec, options: dict[str, Any]) -> dict[str, Any]:
     """What makes a pairs file what it is: the questions, where the passages come from, the compressor."""
-    from .compress import VERSION
+    from .compress import version
 
     dataset = {
         "name": plugins["datasets"].get(job.dataset).name,
@@ -112,7 +119,8 @@ def _identity(plugins: Plugins, job: JobSpec, options: dict[str, Any]) -> dict[s
         "options": {k: v for k, v in job.dataset_args.items() if k not in EXECUTION_KEYS},
     }
     imaginer = {"name": plugins["imaginers"].get(job.imaginer).name, "options": job.imaginer_args}
-    return {"dataset": dataset, "imaginer": imaginer, "compressor": {**options, "version": VERSION}}
+    compressor = {**options, "version": version(options.get("prune", "none"))}
+    return {"dataset": dataset, "imaginer": imaginer, "compressor": compressor}
 
 
 def _write_pairs(job: JobSpec, source: Any, compressor: Any, examples: list[Any], todo: list[Any]) -> list[int]:

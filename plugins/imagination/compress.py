@@ -1,4 +1,5 @@
-"""Question-aware compression of retrieved passages (LongLLMLingua's coarse-grained ranking, our implementation).
+"""Question-aware compression of retrieved passages (LongLLMLingua's coarse-grained ranking and, with
+``prune="tokens"``, its token-level contrastive-perplexity pruning; our implementation).
 
 Design notes: docs/internals.md#pluginsimaginationcompresspy
 """
@@ -14,7 +15,9 @@ from iagbench import ConfigurationError, Passage
 
 RESTRICT = "We can get the answer to this question in the given documents."
 VERSION = "1"  # bump when the scoring text, the unit split or the selection changes
+PRUNE_VERSION = "2"  # the version with prune="tokens" (bump both when the coarse stage changes)
 GRANULARITIES = ("sentence", "passage")
+PRUNES = ("none", "tokens")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _ABBREVIATION = re.compile(
     r"(?:^|[\s(])(?:[A-Z]|Mr|Mrs|Ms|Dr|St|Mt|Jr|Sr|Prof|Gen|Col|Capt|Lt|Sgt|No|vs|etc|e\.g|i\.e|U\.S)\.$"
@@ -66,8 +69,20 @@ def join_units(units: Sequence[Unit]) -> str:
     return "".join(pieces)
 
 
+def version(prune: str = "none") -> str:
+    """The compressor's version: ``VERSION``, or ``PRUNE_VERSION`` with token pruning (earlier files keep theirs)."""
+    return PRUNE_VERSION if prune == "tokens" else VERSION
+
+
+def prune_tokens(scores: Sequence[float], budget: int) -> list[int]:
+    """Positions of the tokens kept: the ``budget`` highest scores (ties: earlier first), in their order."""
+    return sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:budget])
+
+
 Scorer = Callable[[str, Sequence[str]], list[float]]
 """(question, conditions) -> one score per condition, higher = the question is likelier after it."""
+TokenScorer = Callable[[str, Sequence[int]], list[float]]
+"""(question, token ids of a text) -> one score per token, higher = keep it first."""
 
 
 class Compressor:
@@ -83,6 +98,9 @@ class Compressor:
         device: str = "auto",
         batch_size: int = 32,
         scorer: Scorer | None = None,
+        prune: str = "none",
+        context_budget: int = 100,
+        token_scorer: TokenScorer | None = None,
     ):
         from .lm import CausalLM, check_positive
 
@@ -93,12 +111,37 @@ class Compressor:
                 f"compress option granularity={granularity!r}: expected one of {', '.join(GRANULARITIES)}"
             )
         self.granularity = granularity
+        if prune not in PRUNES:
+            raise ConfigurationError(f"compress option prune={prune!r}: expected one of {', '.join(PRUNES)}")
+        self.prune = prune
+        self.context_budget = check_positive(context_budget, "context_budget", "compress") if prune != "none" else 0
         self.lm = CausalLM(model, dtype=dtype, device=device)
         self.scorer: Scorer = scorer or self.question_logprob
+        self.token_scorer: TokenScorer = token_scorer or self.contrastive_logprob
 
     def question_logprob(self, question: str, conditions: Sequence[str]) -> list[float]:
         """Mean log p(question + RESTRICT | condition) per condition (LongLLMLingua's question-aware score)."""
         return self.lm.continuation_logprob(conditions, f"\n{question} {RESTRICT}", batch_size=self.batch_size)
+
+    def contrastive_logprob(self, question: str, ids: Sequence[int]) -> list[float]:
+        """Per token, log p(token | question, earlier tokens) - log p(token | earlier tokens) (LongLLMLingua's
+        contrastive perplexity, ``condition_compare``: the question before the text, separated by a blank line)."""
+        tokenizer = self.lm.tokenizer
+        start = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        asked = start + self.lm.encode(f"{question}\n\n", special=False)
+        given, alone = self.lm.token_logprobs([(asked, list(ids)), (start, list(ids))])
+        return [a - b for a, b in zip(given, alone)]
+
+    def prune_text(self, question: str, text: str) -> tuple[str, int]:
+        """``text`` cut to its ``target_tokens`` best tokens by ``token_scorer``, in order; and its token count before."""
+        ids = self.lm.encode(text, special=False)
+        if len(ids) <= self.target_tokens:
+            return text, len(ids)
+        scores = self.token_scorer(question, ids)
+        if len(scores) != len(ids):
+            raise ConfigurationError(f"token scorer returned {len(scores)} scores for {len(ids)} tokens")
+        kept = [ids[i] for i in prune_tokens(scores, self.target_tokens)]
+        return self.lm.tokenizer.decode(kept).strip(), len(ids)
 
     def compress(self, question: str, passages: Sequence[Passage]) -> dict[str, Any]:
         """The compressed context and what it was made of: source passage ids, scores, tokens."""
@@ -110,17 +153,22 @@ class Compressor:
         if len(scores) != len(units):
             raise ConfigurationError(f"scorer returned {len(scores)} scores for {len(units)} units")
         lengths = [self.lm.count(u.text) for u in units]
-        kept = select(scores, lengths, self.target_tokens)
+        budget = self.target_tokens + self.context_budget  # LongLLMLingua's context_budget "+100" when pruning
+        kept = select(scores, lengths, budget)
         cut = not kept
-        if cut:  # not even the best unit fits: its first target_tokens tokens
+        if cut:  # not even the best unit fits: its first `budget` tokens
             best = max(range(len(units)), key=lambda i: (scores[i], -i))
-            ids = self.lm.encode(units[best].text, special=False)[: self.target_tokens]
+            ids = self.lm.encode(units[best].text, special=False)[:budget]
             chosen = [Unit(units[best].passage, self.lm.tokenizer.decode(ids).strip())]
             kept = [best]
         else:
             chosen = [units[i] for i in kept]
         text = join_units(chosen)
         source = list(dict.fromkeys(passages[u.passage].id for u in chosen))
+        pruned: dict[str, Any] = {}
+        if self.prune == "tokens":
+            text, before = self.prune_text(question, text)
+            pruned = {"tokens_before_pruning": before}
         return {
             "compressed": text,
             "source_ids": source,
@@ -129,14 +177,21 @@ class Compressor:
             "kept": kept,
             "scores": [round(scores[i], 4) for i in kept],
             "cut": cut,
+            **pruned,
         }
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "method": "question-aware coarse ranking (LongLLMLingua-style): mean log p(question + restrict | unit)",
-            "version": VERSION,
+            "version": version(self.prune),
             "restrict": RESTRICT,
             "model": self.lm.info,
             "target_tokens": self.target_tokens,
             "granularity": self.granularity,
         }
+        if self.prune != "none":  # recorded only when on: earlier pairs files keep their description
+            described["prune"] = {
+                "method": "the target_tokens tokens of highest log p(token | question, prefix) - log p(token | prefix)",
+                "context_budget": self.context_budget,
+            }
+        return described

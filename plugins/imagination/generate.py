@@ -55,8 +55,12 @@ class GenerateImaginer(Imaginer):
     def imagine(self, examples: Sequence[Example]) -> list[Context]:
         if not examples:
             return []
-        texts = self.lm.generate([self.prompt(e.question) for e in examples], self.max_new_tokens)
-        return [Context(passages=(Passage(text, title="generated"),)) for text in texts]
+        prompts = [self.prompt(e.question) for e in examples]
+        texts, counts = self.lm.generate_counted(prompts, self.max_new_tokens)
+        return [
+            Context(passages=(Passage(text, title="generated"),), cost=self.lm.generation_cost(len(prompt), count))
+            for text, prompt, count in zip(texts, prompts, counts)
+        ]
 
     def describe(self) -> dict[str, Any]:
         return {

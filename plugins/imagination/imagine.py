@@ -131,10 +131,17 @@ class ImagineImaginer(Imaginer, Trainable):
             return []
         prompts = [self.prompt_ids(question) for question in questions]
         if self.n == 1:
-            texts = self.lm.generate(prompts, self.max_new_tokens)
-            return [Context(passages=(Passage(text, title="imagined"),)) for text in texts]
-        beams = self.lm.beam_generate(prompts, self.max_new_tokens, self.n)
-        return [Context(passages=tuple(Passage(text, title="imagined") for text in texts)) for texts in beams]
+            texts, counts = self.lm.generate_counted(prompts, self.max_new_tokens)
+            beams = [[text] for text in texts]
+        else:
+            beams, counts = self.lm.beam_generate_counted(prompts, self.max_new_tokens, self.n)
+        return [
+            Context(
+                passages=tuple(Passage(text, title="imagined") for text in texts),
+                cost=self.lm.generation_cost(len(prompt), count, beams=self.n),  # what writing it cost (docs/cost.md)
+            )
+            for texts, prompt, count in zip(beams, prompts, counts)
+        ]
 
     def targets(self, examples: Sequence[Example]) -> list[str]:
         """Each example's compressed context from the pairs file (by id; the question must match)."""

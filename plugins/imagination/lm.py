@@ -11,6 +11,7 @@ import torch
 from iagbench import ConfigurationError
 from iagbench.lm.decoding import greedy_decode
 from iagbench.lm.devices import pick_device
+from iagbench.lm.flops import causal_passes, decoder_only_shape, forward_flops
 from iagbench.lm.models import end_token_ids, load_model, pick_dtype, resolve_model
 
 
@@ -54,8 +55,22 @@ class CausalLM:
     def count(self, text: str) -> int:
         return len(self.encode(text, special=False))
 
+    def generation_cost(self, prompt: int, generated: int, beams: int = 1) -> dict[str, Any]:
+        """``Context.cost`` of generating ``generated`` tokens after a ``prompt``-token prompt, on ``beams`` beams
+        (docs/cost.md): each beam processes P + G - 1 tokens, token t attending to t positions."""
+        if not hasattr(self, "_shape"):
+            self._shape = decoder_only_shape(self.base_model)
+        passes = causal_passes(prompt + max(generated - 1, 0), rows=beams)
+        tokens = {"prompt": prompt, "generated": generated * beams}
+        return {"flops": forward_flops(self._shape, passes), "tokens": tokens}
+
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of token-id prompts (left-padded into one batch), up to an end token."""
+        """Greedy continuations of token-id prompts, up to an end token (`generate_counted` without the counts)."""
+        return self.generate_counted(prompts, max_new_tokens)[0]
+
+    def generate_counted(self, prompts: Sequence[list[int]], max_new_tokens: int) -> tuple[list[str], list[int]]:
+        """Greedy continuations of token-id prompts (left-padded into one batch), up to an end token; and the
+        tokens each generated (the end token included)."""
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in prompts], device=self.device)
@@ -64,11 +79,18 @@ class CausalLM:
             new_tokens = greedy_decode(
                 self.base_model, input_ids, mask, max_new_tokens=max_new_tokens, end_ids=self.end_ids
             )
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return texts, [len(row) for row in new_tokens]
 
     def beam_generate(self, prompts: Sequence[list[int]], max_new_tokens: int, n: int) -> list[list[str]]:
         """Per prompt, the ``n`` best continuations of a beam search with ``n`` beams (deterministic: no sampling),
         best first; each ends at an end token or after ``max_new_tokens``."""
+        return self.beam_generate_counted(prompts, max_new_tokens, n)[0]
+
+    def beam_generate_counted(
+        self, prompts: Sequence[list[int]], max_new_tokens: int, n: int
+    ) -> tuple[list[list[str]], list[int]]:
+        """`beam_generate`, and per prompt the decoding steps: the longest of its ``n`` sequences (end included)."""
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in prompts], device=self.device)
@@ -86,8 +108,11 @@ class CausalLM:
                 early_stopping=True,
                 length_penalty=1.0,
             )
+        new = sequences[:, width:].tolist()
         texts = [t.strip() for t in self.tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)]
-        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+        lengths = [next((i + 1 for i, t in enumerate(row) if t in self.end_ids), len(row)) for row in new]
+        steps = [max(lengths[i * n : (i + 1) * n]) for i in range(len(prompts))]
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))], steps
 
     def continuation_logprob(
         self, conditions: Sequence[str], continuation: str, *, max_condition_tokens: int = 512, batch_size: int = 32
@@ -121,3 +146,18 @@ class CausalLM:
             gold = torch.tensor(target, device=self.device).expand(len(rows), -1)
             scores += logprobs.gather(-1, gold[..., None])[..., 0].mean(-1).tolist()
         return scores
+
+    def token_logprobs(self, rows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Per (prefix, tokens) row, log p(tokens[i] | prefix + tokens[:i]) for every i (prefixes must not be
+        empty); the rows are left-padded into one batch with positions from the attention mask."""
+        if any(not prefix for prefix, _ in rows):
+            raise ConfigurationError("cannot score tokens after an empty prefix")
+        full = [list(prefix) + list(tokens) for prefix, tokens in rows]
+        width, pad = max(map(len, full)), self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in full], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in full], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        return [logprobs[row, width - 1 - len(tokens) :].tolist() for row, (_, tokens) in enumerate(rows)]

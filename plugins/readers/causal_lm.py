@@ -10,10 +10,17 @@ from typing import Any
 from iagbench import Answer, ConfigurationError, Context, Example, Passage, Reader
 from iagbench.contract.components import Distillable, Exportable, Trainable
 from iagbench.lm.adapter_host import AdapterHost
-from iagbench.lm.decoding import StaticDecoder, cache_keyword, check_decoding_options, greedy_decode, stop_token_ids
+from iagbench.lm.decoding import (
+    StaticDecoder,
+    cache_keyword,
+    check_decoding_options,
+    greedy_decode,
+    shared_prefix_length,
+    stop_token_ids,
+)
 from iagbench.lm.devices import pick_device
 from iagbench.lm.models import end_token_ids, load_model, pick_dtype, resolve_model
-from iagbench.lm.peft_lora import add_peft_lora
+from iagbench.lm.peft_lora import add_peft_lora, check_lora_options
 
 from .prompts import get_template
 from .question_cut import cut_question
@@ -46,10 +53,13 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         cache: str = "dynamic",
         compile: bool = False,
         seed: int = 0,
+        lora_alpha: float | None = None,
+        lora_dropout: float | None = None,
     ):
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigurationError(f"reader option max_new_tokens={max_new_tokens!r}: expected a positive integer")
         check_decoding_options(cache, compile, lora_rank)
+        self._lora_options = check_lora_options(lora_rank, lora_alpha, lora_dropout)  # recorded only when set
         self.template = get_template(prompt)
         self.source = resolve_model(model)
         self.device = pick_device(device)
@@ -74,8 +84,18 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         self.prefix_cache = bool(prefix_cache)
         self._cache_key = cache_keyword(self.model)
         self._prefix: tuple[tuple[int, ...], Any] | None = None
+        self._set_up_lora(lora_rank, checkpoint)
+        self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
+        self.cache = cache
+        self._static = StaticDecoder(self.model, compile=compile) if cache == "static" else None
+        self.last_generated_tokens: list[int] = []  # per row of the last generate(): tokens up to the end token
+
+    def _set_up_lora(self, lora_rank: int, checkpoint: str | None) -> None:
+        """The peft LoRA baseline (``lora_rank``, ``lora_alpha``, ``lora_dropout``) and its trained ``checkpoint``."""
         self.lora_rank = lora_rank
-        self._peft = add_peft_lora(self, lora_rank) if lora_rank else None
+        self._peft = None
+        if lora_rank:
+            self._peft = add_peft_lora(self, lora_rank, **self._lora_options)
         self.checkpoint = checkpoint
         if checkpoint:
             if self._peft is None:
@@ -85,10 +105,6 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
             from iagbench.lm.checkpoints import load_trainable
 
             load_trainable(self, checkpoint, "reader")
-        self.end_ids = end_token_ids(self.model, self.tokenizer) | stop_token_ids(self.tokenizer, self.template.stop)
-        self.cache = cache
-        self._static = StaticDecoder(self.model, compile=compile) if cache == "static" else None
-        self.last_generated_tokens: list[int] = []  # per row of the last generate(): tokens up to the end token
 
     def export(self, folder: Any) -> dict[str, Any]:
         """`iagbench export`: the peft LoRA baseline (lora_rank=R) as a peft adapter folder."""
@@ -110,6 +126,7 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
             "passage_tokens": self.passage_tokens,
             "lora_rank": self.lora_rank,
             "checkpoint": self.checkpoint,
+            **self._lora_options,  # lora_alpha, lora_dropout: only when set, so earlier runs keep their identity
         }
         if (
             self._static is not None
@@ -131,6 +148,9 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
     ) -> list[tuple[str, dict[str, Any]]]:
         """Each prompt with a record of how its passages were fitted into ``max_input_tokens``."""
         return [self.fit(example.question, context.passages) for example, context in zip(examples, contexts)]
+
+    def prompt_tokens(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[int]:
+        return [info["prompt_tokens"] for _, info in self.fitted_prompts(examples, contexts)]  # for --batch-tokens
 
     def render(self, question: str, passages: Sequence[Passage]) -> str:
         return self.template.render(question, passages, self.tokenizer, chat=self.chat)
@@ -368,19 +388,6 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
                 output = self.model(torch.tensor([prefix], device=self.device), use_cache=True)
             self._prefix = (prefix, getattr(output, self._cache_key))
         return self._prefix[1]
-
-
-MIN_SHARED_PREFIX = 8
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens all rows start with, leaving each row at least one token of its own (0 if too short to pay)."""
-    limit = min(len(row) for row in rows) - 1
-    length = 0
-    first = rows[0]
-    while length < limit and all(row[length] == first[length] for row in rows):
-        length += 1
-    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 smollm2_135m = functools.partial(CausalLMReader, model="smollm2-135m")

@@ -16,6 +16,7 @@ from iagbench.lm.adapter_host import AdapterHost
 from iagbench.lm.decoding import cache_keyword
 from iagbench.lm.devices import pick_device
 from iagbench.lm.models import pick_dtype
+from iagbench.lm.peft_lora import check_lora_options
 from iagbench.lm.t5_models import load_t5, resolve_t5
 
 from .fid_decoding import StaticSeq2SeqDecoder, greedy_decode_seq2seq
@@ -53,6 +54,8 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         answer_positions: int | None = None,
         train_parts: str | None = None,
         input: str = "fid",
+        lora_alpha: float | None = None,
+        lora_dropout: float | None = None,
     ):
         self.train_parts, train = parse_train_parts(train_parts, train, lora_rank)
         train = check_fid_options(
@@ -60,6 +63,7 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
             encoder_batch_size=encoder_batch_size, train=train, lora_rank=lora_rank, train_answer=train_answer,
             cache=cache, compile=compile,
         )  # fmt: skip
+        self._lora_options = check_lora_options(lora_rank, lora_alpha, lora_dropout)  # recorded only when set
         self.format = input_format(input)  # single-row: the ImcQA reference's student input
         self.text_maxlength, self.max_new_tokens, self.num_beams = text_maxlength, max_new_tokens, num_beams
         self.encoder_batch_size = encoder_batch_size
@@ -105,7 +109,7 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         if lora_rank:  # the LoRA baseline: peft LoRA on q and v of every attention block; the T5 stays frozen
             from iagbench.lm.peft_lora import add_peft_lora
 
-            self._peft = add_peft_lora(self, lora_rank)
+            self._peft = add_peft_lora(self, lora_rank, **self._lora_options)
             self.model = self.model.get_base_model()  # the T5 itself, its LoRA layers in place
             self._peft.requires_grad_(train == "lora")
         self.gradient_checkpointing = bool(gradient_checkpointing)
@@ -155,6 +159,7 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
             info["answer_positions"] = self.answer_positions
         if self.train_parts:
             info["train_parts"] = list(self.train_parts)
+        info.update(self._lora_options)
         return info
 
     def answer(self, examples: Sequence[Example], contexts: Sequence[Context]) -> list[str]:

@@ -4,39 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def non_embedding_parameters(model: Any) -> int:
-    """Parameters less the input embedding table (a lookup, no multiply); an untied LM head stays in."""
-    embedding = model.get_input_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())
-    return int(total - embedding.numel())
-
-
-def decoder_only_shape(model: Any) -> dict[str, dict[str, int]]:
-    """A causal LM's one part, ``decoder``: non-embedding parameters, layers, hidden size."""
-    config = model.config
-    return {
-        "decoder": {
-            "parameters": non_embedding_parameters(model),
-            "layers": int(config.num_hidden_layers),
-            "d_model": int(config.hidden_size),
-        }
-    }
-
-
-def encoder_decoder_shape(model: Any) -> dict[str, dict[str, int]]:
-    """A T5's ``encoder`` and ``decoder`` parts (each stack's parameters less the shared embedding; the LM head
-    with the decoder)."""
-    config = model.config
-    shared = model.get_input_embeddings().weight
-    encoder = sum(p.numel() for p in model.encoder.parameters() if p is not shared)
-    total = sum(p.numel() for p in model.parameters())
-    decoder = total - shared.numel() - encoder
-    d_model = int(config.d_model)
-    return {
-        "encoder": {"parameters": int(encoder), "layers": int(config.num_layers), "d_model": d_model},
-        "decoder": {"parameters": int(decoder), "layers": int(config.num_decoder_layers), "d_model": d_model},
-    }
+from iagbench.lm.flops import (  # noqa: F401 (the readers' cost_model shapes, importable from here)
+    decoder_only_shape,
+    encoder_decoder_shape,
+    non_embedding_parameters,
+)
 
 
 def causal_cost(question_tokens: int, input_tokens: int, context_tokens: int, generated: int) -> dict[str, Any]:
