@@ -31,6 +31,7 @@ from test_train import (  # noqa: F401  (toy_plugins is a fixture)
     subprocess_env,
     toy_plugins,
 )
+from test_train import spec as train_spec
 
 from iagbench.contract.errors import ConfigurationError, RunFolderError
 from iagbench.lm.checkpoints import load_trainable
@@ -50,21 +51,8 @@ ACCELERATE_PICKLES = ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimiz
 
 
 def spec(output: Path, **changes) -> TrainSpec:
-    values = dict(
-        dataset="sample",
-        imaginer="toy-imaginer",
-        reader="toy-reader",
-        steps=STEPS,
-        grad_accum=2,
-        batch_size=10,
-        lr=0.05,
-        warmup_steps=2,
-        save_every=SAVE_EVERY,
-        log_every=1,
-        eval_every=0,
-        output=output,
-    )
-    return TrainSpec(**{**values, **changes})
+    """test_train's toy training, checkpointing every SAVE_EVERY steps, without evaluation."""
+    return train_spec(output, **{"save_every": SAVE_EVERY, "eval_every": 0, **changes})
 
 
 def holding(folder: Path, values) -> list[str]:

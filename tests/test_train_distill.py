@@ -99,11 +99,28 @@ def spec(output: Path, **changes) -> TrainSpec:
     return TrainSpec(**values)
 
 
+def step_two_logits(output: Path, plugins, student_reader: dict, teacher_reader: dict):
+    """Step 2's batch (global batch 8 = 8 x 1 process x 1) scored from the step-1 checkpoint of ``output``:
+    (student logits, teacher logits over the gold passages, labels, target mask)."""
+    from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
+    from iagbench_plugins.readers.fid import FiDReader
+
+    examples = load_examples(plugins["datasets"].get("sample").build(), "train", None, "sample")
+    batch = _Stream(examples, 0).take(BATCH, BATCH)
+    student = HyperLoRAImaginer(**HYPERLORA, checkpoint=str(output / "checkpoints" / "step-000001"))
+    reader, teacher = FiDReader(model="fid-tiny", **student_reader), FiDReader(model="fid-tiny", **teacher_reader)
+    targets = [example.answers[0] for example in batch]
+    with torch.no_grad():
+        contexts = [type(c)(passages=tuple(e.ctxs)) for c, e in zip(student.imagine(batch), batch)]
+        teacher_logits, mask = teacher.answer_logits(batch, contexts, targets)
+        student_logits, _ = reader.answer_logits(batch, student.imagine(batch), targets)
+    labels, _ = reader.target_ids(targets)
+    return student_logits, teacher_logits, labels, mask
+
+
 def test_logged_loss_is_distillation_loss_of_the_batch(tmp_path, plugins):
     """Step 2's logged loss, kd and ce equal distillation_loss computed here from the step-1 checkpoint on step 2's examples."""
     from iagbench.lm.distill import distillation_loss, temperature_at
-    from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
-    from iagbench_plugins.readers.fid import FiDReader
 
     output = tmp_path / "run"
     train(spec(output), plugins, progress=False, log=lambda m: None)
@@ -111,16 +128,7 @@ def test_logged_loss_is_distillation_loss_of_the_batch(tmp_path, plugins):
     assert set(log) == {1, 2} and {"loss", "kd", "ce", "temperature"} <= set(log[2])
     assert log[2]["temperature"] == temperature_at(1, 2.0) == 2.0
 
-    examples = load_examples(plugins["datasets"].get("sample").build(), "train", None, "sample")
-    batch = _Stream(examples, 0).take(BATCH, BATCH)  # step 2 (global batch 8 = 8 x 1 process x 1)
-    student = HyperLoRAImaginer(**HYPERLORA, checkpoint=str(output / "checkpoints" / "step-000001"))
-    reader, teacher = FiDReader(model="fid-tiny", **STUDENT_READER), FiDReader(model="fid-tiny", **TEACHER_READER)
-    targets = [example.answers[0] for example in batch]
-    with torch.no_grad():
-        contexts = [type(c)(passages=tuple(e.ctxs)) for c, e in zip(student.imagine(batch), batch)]
-        teacher_logits, mask = teacher.answer_logits(batch, contexts, targets)
-        student_logits, _ = reader.answer_logits(batch, student.imagine(batch), targets)
-    labels, _ = reader.target_ids(targets)
+    student_logits, teacher_logits, labels, mask = step_two_logits(output, plugins, STUDENT_READER, TEACHER_READER)
     expected = distillation_loss(student_logits, teacher_logits, labels, mask, alpha=0.7, temperature=2.0)
     assert log[2]["loss"] == pytest.approx(expected.total.item(), rel=1e-5)
     assert log[2]["kd"] == pytest.approx(expected.kd.item(), rel=1e-5)

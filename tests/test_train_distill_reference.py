@@ -8,20 +8,18 @@ import json
 
 import pytest
 import torch
+from test_train_distill import BATCH, HYPERLORA, step_two_logits
 
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.plugins import load_plugins
 from iagbench.runs.runner import load_examples
 from iagbench.training.folder import read_log
 from iagbench.training.spec import TrainSpec
-from iagbench.training.stream import _Stream
 from iagbench.training.train import train
 
-HYPERLORA = {"model": "fid-tiny", "rank": 4, "hidden": 32, "feature_dims": 8, "encoder": "hashing", "device": "cpu"}
 POSITIONS = 24
 STUDENT_READER = {"train": "none", "train_answer": "first", "answer_positions": POSITIONS}
 TEACHER_READER = {"train": "none", "seed": 1, "answer_positions": POSITIONS}
-BATCH = 8
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,25 +44,14 @@ def test_logged_loss_is_the_reference_loss_of_the_batch(tmp_path, plugins):
     """Step 2's loss, kd, ce and kl_term equal distillation_loss(t_squared=False, kd_positions="all", kl_term=True)
     of step 2's batch, computed from the step-1 checkpoint, over answer_positions target positions."""
     from iagbench.lm.distill import distillation_loss
-    from iagbench_plugins.hyperlora.imaginer import HyperLoRAImaginer
-    from iagbench_plugins.readers.fid import FiDReader
 
     output = tmp_path / "run"
     train(spec(output), plugins, progress=False, log=lambda m: None)
     log = {record["step"]: record for record in read_log(output)}
     assert {"loss", "kd", "ce", "kl_term"} <= set(log[2])
 
-    examples = load_examples(plugins["datasets"].get("sample").build(), "train", None, "sample")
-    batch = _Stream(examples, 0).take(BATCH, BATCH)
-    student = HyperLoRAImaginer(**HYPERLORA, checkpoint=str(output / "checkpoints" / "step-000001"))
-    reader, teacher = FiDReader(model="fid-tiny", **STUDENT_READER), FiDReader(model="fid-tiny", **TEACHER_READER)
-    targets = [example.answers[0] for example in batch]
-    with torch.no_grad():
-        contexts = [type(c)(passages=tuple(e.ctxs)) for c, e in zip(student.imagine(batch), batch)]
-        teacher_logits, mask = teacher.answer_logits(batch, contexts, targets)
-        student_logits, _ = reader.answer_logits(batch, student.imagine(batch), targets)
+    student_logits, teacher_logits, labels, mask = step_two_logits(output, plugins, STUDENT_READER, TEACHER_READER)
     assert student_logits.shape[1] == POSITIONS and not bool(mask.all())  # padded positions are there
-    labels, _ = reader.target_ids(targets)
     expected = distillation_loss(student_logits, teacher_logits, labels, mask, alpha=0.4, temperature=3.0,
                                  t_squared=False, kd_positions="all", kl_term=True)  # fmt: skip
     default = distillation_loss(student_logits, teacher_logits, labels, mask, alpha=0.4, temperature=3.0)

@@ -4,8 +4,7 @@ batch size, progress), and the job specification built from what the user gave. 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,16 +232,6 @@ def _non_default(options: CommandOptions, values: dict[str, Any]) -> dict[str, A
         if value != default:
             changed[dest] = str(value) if isinstance(value, Path) else value
     return changed
-
-
-def env_path(variable: str, fallback: str) -> Path:
-    """A folder from the environment, else ``fallback``."""
-    return Path(os.environ.get(variable, fallback))
-
-
-def unknown_keys(keys: Iterable[str], known: Iterable[str]) -> list[str]:
-    known = set(known)
-    return [key for key in keys if key not in known]
 
 
 @dataclass
