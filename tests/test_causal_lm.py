@@ -66,6 +66,27 @@ def test_prefix_cache_gives_identical_answers(tiny: CausalLMReader) -> None:
     assert all(isinstance(a, Answer) for a in cached)
 
 
+def test_teacher_logits_with_the_prefix_cache_equal_the_whole_prompt_s(tiny: CausalLMReader) -> None:
+    # A distillation teacher (no gradients, no adapters) encodes the shared few-shot prefix once.
+    passages = [Context([Passage(f"{q} is answered here, at some length.", "Title")]) for q in QUESTIONS[:2]]
+    contexts = [*passages, *[Context()] * (len(QUESTIONS) - 2)]
+    targets = ["Paris", "a longer gold answer", "x", "1912"][: len(QUESTIONS)] + ["y"] * (len(QUESTIONS) - 4)
+    prompts = [tiny.tokenizer(p)["input_ids"] for p, _ in tiny.fitted_prompts(examples(), contexts)]
+    assert shared_prefix_length(prompts) > 20  # the worked examples
+    with torch.no_grad():
+        cached, mask = tiny.answer_logits(examples(), contexts, targets)
+        tiny.prefix_cache = False
+        try:
+            whole, whole_mask = tiny.answer_logits(examples(), contexts, targets)
+        finally:
+            tiny.prefix_cache = True
+    assert torch.equal(mask, whole_mask) and mask.sum() > len(QUESTIONS)
+    torch.testing.assert_close(cached[mask], whole[mask], rtol=1e-4, atol=1e-4)
+    # with gradients on, the whole prompt is encoded (a student's loss reaches every position)
+    with_grad, _ = tiny.answer_logits(examples(), contexts, targets)
+    torch.testing.assert_close(with_grad.detach()[mask], whole[mask], rtol=1e-4, atol=1e-4)
+
+
 def test_answers_do_not_depend_on_batch_composition() -> None:
     # The bare `qa` prompt: the random model answers each of these questions differently (with the few-shot
     # prompt it answers them all alike), so rows mixed up or bled into by padding would show.

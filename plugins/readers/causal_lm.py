@@ -354,22 +354,37 @@ class CausalLMReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         return self._teacher_forced(examples, contexts, ids, mask), mask
 
     def _teacher_forced(self, examples: Sequence[Example], contexts: Sequence[Context], ids: Any, mask: Any) -> Any:
-        """One forward of prompt + target rows (right-padded, padding masked); the logits that predict each target token."""
+        """One forward of prompt + target rows (right-padded, padding masked); the logits that predict each target token.
+
+        Without gradients and adapters (a distillation teacher), the token prefix all prompts share (instruction,
+        worked examples) is encoded once and its key/value cache reused, as in ``generate``.
+        """
         import torch
 
         prompts = [
             self.tokenizer(p, add_special_tokens=not self.chat)["input_ids"]
             for p, _ in self.fitted_prompts(examples, contexts)
         ]
+        adapters = self.adapters_of(contexts)
+        # Gradients and adapters reach the prefix's keys and values; hooks (hidden-state and attention
+        # distillation) read whole sequences: the whole prompt is encoded then.
+        hooked = bool(self.model._forward_hooks or self.model._forward_pre_hooks)
+        cached = self.prefix_cache and adapters is None and not torch.is_grad_enabled() and not hooked
+        shared = shared_prefix_length(prompts) if cached else 0
         targets = [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(1).tolist())]
-        rows = [prompt + target for prompt, target in zip(prompts, targets)]
+        rows = [prompt[shared:] + target for prompt, target in zip(prompts, targets)]
         width, pad = max(map(len, rows)), self.tokenizer.pad_token_id
         input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
-        attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
-        with self.lora_active(self.adapters_of(contexts)):
-            logits = self.model(input_ids=input_ids, attention_mask=attention).logits
-        # target token t of row b is predicted at position len(prompt_b) - 1 + t
-        starts = torch.tensor([len(prompt) - 1 for prompt in prompts], device=self.device)
+        attention = torch.tensor(
+            [[1] * (shared + len(row)) + [0] * (width - len(row)) for row in rows], device=self.device
+        )
+        cache = self._prefix_cache(tuple(prompts[0][:shared]), len(rows)) if shared else None
+        with self.lora_active(adapters):
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention, **{cache_keyword(self.model): cache}
+            ).logits
+        # target token t of row b is predicted at position len(prompt_b) - 1 + t (of the rows after the prefix)
+        starts = torch.tensor([len(prompt) - 1 - shared for prompt in prompts], device=self.device)
         positions = (starts[:, None] + torch.arange(ids.shape[1], device=self.device)).clamp(max=width - 1)
         return logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]))
 
