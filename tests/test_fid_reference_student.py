@@ -40,7 +40,7 @@ def test_train_parts_trains_the_norms_embeddings_and_ffns_only():
     [
         ({"train_parts": "norms,attention"}, "train_parts='norms,attention'"),
         ({"train_parts": PARTS, "train": "full"}, "train_parts=norms,embeddings,ffn"),
-        ({"train_parts": PARTS, "lora_rank": 4}, "train_parts="),
+        ({"train_parts": PARTS, "lora_rank": 4, "train": "parts"}, "not with train=parts and lora_rank=4$"),
         ({"train": "parts"}, "train=parts"),
         ({"input": "rows"}, "input='rows'"),
     ],

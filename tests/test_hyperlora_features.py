@@ -98,3 +98,48 @@ def test_bad_feature_options_are_one_line_errors():
     for option, value in (("features", "context"), ("whitening", "batch")):
         with pytest.raises(ConfigurationError, match=f"hyperlora option {option}='{value}'"):
             HyperLoRAImaginer(**OPTIONS, **{option: value})
+
+
+def chunk_training(output):
+    """4 steps of a whitening=chunk hypernetwork through the frozen fid-tiny, in batches of 4 of 12 examples (one
+    chunk), checkpoints at steps 2 and 4."""
+    from test_faults_training import spec
+
+    from iagbench.contract.plugins import load_plugins
+    from iagbench.training.train import train
+
+    options = {**OPTIONS, "whitening": "chunk"}
+    reader = {"train": "none", "train_answer": "first"}
+    train(
+        spec(output, imaginer="hyperlora", imaginer_args=options, reader="fid-tiny", reader_args=reader, limit=12,
+             steps=4, grad_accum=1, batch_size=4, lr=0.05, warmup_steps=0),
+        load_plugins(builtins_only=True),
+        progress=False,
+        log=lambda message: None,
+    )  # fmt: skip
+
+
+def test_a_resumed_chunk_whitened_training_ends_as_an_uninterrupted_one(tmp_path):
+    """The features whitened per chunk are not in checkpoints: a resume whitens the training set again (prepare),
+    not each batch on its own, so the resumed training's losses and weights are the uninterrupted one's."""
+    from test_faults_training import cut_back
+    from test_train import assert_same_weights
+
+    from iagbench.training.folder import read_log
+
+    uninterrupted = tmp_path / "uninterrupted"
+    chunk_training(uninterrupted)
+    resumed = cut_back(uninterrupted, tmp_path / "resumed", 2)
+    chunk_training(resumed)
+    losses = [r["loss"] for r in read_log(uninterrupted)]
+    assert len(losses) == 4 and [r["loss"] for r in read_log(resumed)] == pytest.approx(losses, rel=1e-6)
+    assert_same_weights(resumed, uninterrupted, atol=1e-7, roles=("imaginer",))
+
+
+def test_only_chunk_whitening_prepares_again_on_resume():
+    """A global whitening is in the checkpoint's buffers; the per-chunk features are not."""
+    chunked, fitted = HyperLoRAImaginer(**OPTIONS, whitening="chunk"), HyperLoRAImaginer(**OPTIONS)
+    assert chunked.prepare_on_resume() and not fitted.prepare_on_resume()
+    composite = CompositeImaginer("given+hyperlora", [("given", _Passages()), ("hyperlora", chunked)])
+    assert composite.prepare_on_resume()
+    assert not CompositeImaginer("given+hyperlora", [("given", _Passages()), ("hyperlora", fitted)]).prepare_on_resume()

@@ -32,6 +32,7 @@ def test_alpha_and_dropout_are_applied_and_recorded(plugins, reader):
     assert layers and all(layer.scaling["default"] == 8.0 for layer in layers)
     dropout = layers[0].lora_dropout["default"]
     assert isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.05
+    assert not any(module.training for module in built.model.modules())  # built for runs: no dropout
     assert sorted(built.trainable_module().state_dict()) == sorted(
         plugins["readers"].get(reader).build(lora_rank=4).trainable_module().state_dict()
     )  # the dropout layers hold no tensors: checkpoints have the same keys

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from iagbench import ConfigurationError
 from iagbench.commands.arguments import Invocation
@@ -176,6 +177,10 @@ def test_trained_rows_train_then_run(invoke_cli, tmp_path, name):
     reader = json.loads((run / "components.json").read_text())["reader"]
     assert reader["checkpoint"] == str(trained / "checkpoints" / "step-000002")
     assert reader["lora_rank"] == (32 if name.startswith("t5-lora") else 0)
+    if name == "t5-lora-reference":  # the reference's norms and embeddings train next to the LoRA
+        assert reader["train_parts"] == ["norms", "embeddings"]
+        saved = load_file(str(trained / "checkpoints" / "step-000002" / "reader.safetensors"))
+        assert "shared.weight" in saved and any(key.endswith("layer_norm.weight") for key in saved)
 
 
 def test_fid_teacher_trains_then_runs(invoke_cli, tmp_path, teacher):

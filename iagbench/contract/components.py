@@ -121,8 +121,14 @@ class Trainable:
     def prepare(self, examples: Sequence[Example]) -> None:
         """Fit whatever needs the whole training set before the first step (e.g. HyperLoRA's whitening).
 
-        Called once by `iagbench train` on a fresh start (not on resume: fitted state is in checkpoints).
+        Called by `iagbench train` on a fresh start; on a resume only if ``prepare_on_resume()`` (what it fits into
+        the trainable module's buffers comes back with the checkpoint, whose weights load after it).
         """
+
+    def prepare_on_resume(self) -> bool:
+        """Whether a resumed training calls ``prepare`` again: it computes something no checkpoint holds (e.g.
+        HyperLoRA's training features whitened per chunk). Default: no."""
+        return False
 
     def has_loss(self) -> bool:
         """Whether this component computes a training loss (implements ``loss``); wrappers override it."""

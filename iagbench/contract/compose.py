@@ -204,6 +204,10 @@ class CompositeImaginer(Imaginer, Trainable):
             else:
                 part.prepare(examples)  # type: ignore[attr-defined]
 
+    def prepare_on_resume(self) -> bool:
+        part = self.trainable_part()
+        return isinstance(part, Trainable) and part.prepare_on_resume()
+
     def _passages_before(self, target: Imaginer, examples: Sequence[Example], chunk: int = 256) -> list[tuple]:
         """Each example's passages from the parts before ``target``, imagined without gradients, ``chunk`` at a time."""
         import torch

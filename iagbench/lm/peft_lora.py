@@ -56,7 +56,9 @@ def add_peft_lora(
     alpha = 2 * rank if lora_alpha is None else lora_alpha
     dropout = float(lora_dropout or 0.0)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules)
+    training = reader.model.training
     reader.model = get_peft_model(reader.model, config)
+    reader.model.train(training)  # peft leaves its new layers in training mode: the LoRA dropout was on in runs
     reader.peft_model = reader.model  # what iagbench.lm.export.export_peft_adapter saves (readers may unwrap it)
     weights = torch.nn.ModuleDict()
     for name, module in reader.model.named_modules():

@@ -151,8 +151,7 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
         return plan.output, _summary(plan.output, finished)
 
     imaginer, reader, parts, checkpointed, distiller = _build(spec, setup)
-    if not (plan.checkpoints / LATEST).is_file():
-        _prepare_components(imaginer, reader, setup)  # a fresh start
+    _prepare_components(imaginer, reader, setup, resumed=(plan.checkpoints / LATEST).is_file())
     model = _objective(imaginer, reader, parts, distiller)
     optimizer = _optimizer(parts, spec.lr, spec.weight_decay)
     scheduler = lr_scheduler(optimizer, spec.schedule, spec.warmup_steps, plan.total)
@@ -256,11 +255,12 @@ def _resume_point(plan: _Plan, setup: _Setup, accelerator: Any, components: tupl
     return _Resume(*choose(plan.checkpoints, accelerator, load))
 
 
-def _prepare_components(imaginer: Imaginer, reader: Reader, setup: _Setup) -> None:
-    """On a fresh start (before the optimizer exists), components fit what they fit once (into buffers)."""
+def _prepare_components(imaginer: Imaginer, reader: Reader, setup: _Setup, resumed: bool) -> None:
+    """Before the optimizer exists, components fit what they fit on the training set (into buffers): on a fresh start,
+    and on a resume those whose fit no checkpoint holds (``Trainable.prepare_on_resume``, e.g. chunk whitening)."""
     for component in (imaginer, reader):
         prepare = getattr(component, "prepare", None)
-        if isinstance(component, Trainable) and callable(prepare):
+        if isinstance(component, Trainable) and callable(prepare) and (not resumed or component.prepare_on_resume()):
             prepare(setup.examples)
 
 

@@ -137,6 +137,11 @@ class HyperLoRAImaginer(Imaginer, Trainable, Exportable):
             )
         self.network.whitening.fit(self._encode(examples, passages).to(self.device))
 
+    def prepare_on_resume(self) -> bool:
+        """whitening=chunk: the training features whitened per chunk are not in checkpoints, so a resumed training
+        whitens them again, as its first start did (the same examples in the same order, the same chunks)."""
+        return self.chunked
+
     def _texts(self, examples: Sequence[Example], passages: Sequence[Sequence[Any]] | None) -> list[str]:
         """What the encoder reads: the questions (with their passages: features=question+context)."""
         if self.reads_passages:

@@ -22,7 +22,7 @@ from iagbench.lm.t5_models import load_t5, resolve_t5
 from .fid_decoding import StaticSeq2SeqDecoder, greedy_decode_seq2seq
 from .fid_inputs import FID_FORMAT, Encoded, input_format, pack_rows  # noqa: F401 (FID_FORMAT: importable from here)
 from .fid_options import check_fid_options, check_positive
-from .fid_training import load_reader_checkpoint, parse_train_parts, set_up_parts
+from .fid_training import load_reader_checkpoint, parse_train_parts, set_up_lora, set_up_parts
 from .question_cut import cut_question
 from .reader_cost import encoder_decoder_shape, fid_cost
 
@@ -105,13 +105,8 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         self.model.requires_grad_(train == "full")
         self._parts = set_up_parts(self.model, self.train_parts, train == "parts")  # the reference's hyperlora_ffn
         self.lora_rank = lora_rank
-        self._peft: Any = None
-        if lora_rank:  # the LoRA baseline: peft LoRA on q and v of every attention block; the T5 stays frozen
-            from iagbench.lm.peft_lora import add_peft_lora
-
-            self._peft = add_peft_lora(self, lora_rank, **self._lora_options)
-            self.model = self.model.get_base_model()  # the T5 itself, its LoRA layers in place
-            self._peft.requires_grad_(train == "lora")
+        # the LoRA baseline: a peft LoRA (and the train_parts next to it); the rest of the T5 stays frozen
+        self._peft: Any = set_up_lora(self, lora_rank, train) if lora_rank else None
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing:  # FiD's --use_checkpoint (activation checkpointing while training)
             enable = (
@@ -124,12 +119,13 @@ class FiDReader(AdapterHost, Reader, Trainable, Distillable, Exportable):
         return load_reader_checkpoint(self, checkpoint)
 
     def export(self, folder: Any) -> dict[str, Any]:
-        """`iagbench export`: the peft LoRA (lora_rank=R) as a peft adapter folder, else the T5 (train=full) as a
-        ``save_pretrained`` folder with its tokenizer."""
+        """`iagbench export`: the peft LoRA (lora_rank=R; with train_parts, the parts as its ``modules_to_save``) as a
+        peft adapter folder, else the T5 (train=full, train_parts) as a ``save_pretrained`` folder with its tokenizer."""
         from iagbench.lm.export import export_peft_adapter, export_pretrained
 
         if self._peft is not None:
-            return export_peft_adapter(self, folder)
+            parts = [name for name, _ in self._parts.named_parameters()] if self._parts is not None else []
+            return export_peft_adapter(self, folder, trained=parts)
         return export_pretrained(self.model, self.tokenizer, folder)
 
     # ---- Reader ----

@@ -1,8 +1,11 @@
-"""What of the `fid-t5` reader trains (``train_parts``: layer norms, embeddings, FFNs) and how checkpoints load into it.
+"""What of the `fid-t5` reader trains (``train_parts``: layer norms, embeddings, FFNs; ``lora_rank``: a peft LoRA)
+and how checkpoints load into it.
 
 ``train_parts=norms,embeddings,ffn`` is the ImcQA reference's ``hyperlora_ffn`` student (model/model.py:451-476):
 every parameter whose name holds ``norm``, ``emb`` (the shared embedding; the LM head where tied, as in t5-base)
-or ``wi``/``wo`` (the FFNs) trains; the rest of the T5 stays frozen.
+or ``wi``/``wo`` (the FFNs) trains; the rest of the T5 stays frozen. ``lora_rank=R train_parts=norms,embeddings``
+is the reference's LoRA baseline (model/Imagemodel.py:37-50): the parts train next to the LoRA, and a checkpoint
+holds both, the LoRA's tensors under their names and the parts' under the T5's.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ def parse_train_parts(value: str | None, train: str | None, lora_rank: int) -> t
     unknown = [part for part in parts if part not in PARTS]
     if unknown or not parts:
         raise ConfigurationError(f"reader option train_parts={value!r}: expected a comma list of {', '.join(PARTS)}")
-    if train not in (None, "parts", "none") or lora_rank:
+    if train not in (None, "lora" if lora_rank else "parts", "none"):
         raise ConfigurationError(
-            f"reader option train_parts={value}: trains parts of the T5 (train=parts, or train=none to keep them "
-            "frozen); it does not go with train=full, train=lora or lora_rank"
+            f"reader option train_parts={value}: trains parts of the T5, alone (train=parts) or next to the LoRA of "
+            f"lora_rank=R (train=lora), or keeps them frozen (train=none); not with train={train}"
+            + (f" and lora_rank={lora_rank}" if lora_rank else "")
         )
-    return parts, train or "parts"
+    return parts, train or ("lora" if lora_rank else "parts")
 
 
 def part_names(model: Any, parts: tuple[str, ...]) -> list[str]:
@@ -69,12 +73,27 @@ def set_up_parts(model: Any, parts: tuple[str, ...], trainable: bool) -> Any:
     return module
 
 
+def set_up_lora(reader: Any, rank: int, train: str) -> Any:
+    """The LoRA baseline: a peft LoRA on q and v of every attention block (``reader.model`` stays the T5, its LoRA
+    layers in place). Returns what trains: the LoRA weights and, with train_parts, the parts next to them (the
+    reference trains every layer norm and embedding with its LoRA, model/Imagemodel.py:47-50)."""
+    from iagbench.lm.peft_lora import add_peft_lora
+
+    weights = add_peft_lora(reader, rank, **reader._lora_options)
+    reader.model = reader.model.get_base_model()
+    if reader._parts is not None:  # the LoRA's entries hold "__" in their names, the parts' top modules do not
+        weights = type(weights)({**dict(weights.items()), **dict(reader._parts.named_children())})
+    weights.requires_grad_(train == "lora")  # after peft, which froze every parameter but the LoRA's
+    return weights
+
+
 def load_reader_checkpoint(reader: Any, checkpoint: str) -> str:
     """Load a checkpoint into the reader; return what ``describe`` records of it. A checkpoint of the trained parts
-    loads into them; otherwise the whole T5 (train=full) or, with lora_rank, the LoRA weights."""
+    loads into them; otherwise the whole T5 (train=full) or, with lora_rank, the LoRA weights (and the parts, if
+    train_parts is given too)."""
     from iagbench.lm.checkpoints import load_trainable
 
-    if reader._parts is not None:
+    if reader._parts is not None and reader._peft is None:
         try:
             return str(load_trainable(_Parts(reader), checkpoint, "reader"))
         except ConfigurationError as error:
