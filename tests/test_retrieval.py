@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from iagbench import ConfigurationError, DataError, Example, Passage
 from iagbench.files.cache import cache_root
@@ -23,7 +24,7 @@ from iagbench_plugins.retrieval import index_cache
 from iagbench_plugins.retrieval.base import top_k
 from iagbench_plugins.retrieval.bm25 import BM25Retriever
 from iagbench_plugins.retrieval.corpus import detect_format, open_corpus, read_corpus, split_contents
-from iagbench_plugins.retrieval.hybrid import rrf
+from iagbench_plugins.retrieval.hybrid import HybridRetriever, rrf
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PASSAGES = REPO / "plugins" / "sample_data" / "passages.jsonl"
@@ -230,7 +231,15 @@ def own_cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def test_second_build_reuses_the_index_without_rewriting_it(tmp_path, own_cache, capfd):
+@pytest.fixture
+def plugin_logs():
+    """The index messages on stderr, as the command line shows them, whichever test ran first."""
+    from iagbench.commands.logs import configure
+
+    configure()
+
+
+def test_second_build_reuses_the_index_without_rewriting_it(tmp_path, own_cache, capfd, plugin_logs):
     path = write_jsonl(tmp_path / "c.jsonl")
     first = BM25Retriever(corpus=str(path))
     built = first.describe()
@@ -307,7 +316,7 @@ def test_dense_finds_a_paraphrased_passage(dense, tmp_path):
 
 
 @needs_minilm
-def test_dense_search_backends_agree_and_the_index_is_reused(dense, capfd):
+def test_dense_search_backends_agree_and_the_index_is_reused(dense, capfd, plugin_logs):
     from iagbench_plugins.retrieval.dense import DenseIndex, numpy_search
 
     index = dense.dense
@@ -327,6 +336,24 @@ def test_dense_search_backends_agree_and_the_index_is_reused(dense, capfd):
     again = DenseIndex(dense.store, dense.encoder)
     assert again.index.status == "reused" and "dense index reused" in capfd.readouterr().err
     assert files_with_mtimes(index.index.path) == mtimes
+
+
+@needs_minilm
+def test_dense_counts_each_query_s_encoding_and_search_flops(dense):
+    # docs/cost.md: one bidirectional pass of T tokens (2 N T + 2 L d T^2, embedding tables left out), plus the
+    # exhaustive search's 2 x dimension x passages.
+    questions = ["tallest peak", "which creature is the largest that ever lived"]
+    contexts = dense.imagine([example(q) for q in questions])
+    model = dense.encoder.model[0].auto_model
+    tables = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    n = sum(p.numel() for p in model.parameters()) - tables
+    for question, context in zip(questions, contexts):
+        t = len(dense.encoder.model.tokenizer(question)["input_ids"])  # [CLS] ... [SEP]
+        assert context.cost == {"flops": 2 * n * t + 2 * 6 * 384 * t * t + 2 * 384 * 8, "tokens": {"query": t}}
+    assert contexts[0].cost["tokens"]["query"] < contexts[1].cost["tokens"]["query"]
+    hybrid = HybridRetriever(corpus=dense.corpus.path, k=2)
+    assert [c.cost for c in hybrid.imagine([example(q) for q in questions])] == [c.cost for c in contexts]
+    assert BM25Retriever(corpus=dense.corpus.path, k=1).imagine([example(questions[0])])[0].cost is None
 
 
 def test_rrf_equals_a_hand_computation():

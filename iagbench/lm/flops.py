@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 Shape = dict[str, dict[str, int]]  # part -> {"parameters": N, "layers": L, "d_model": d}
@@ -75,3 +76,11 @@ def encoder_decoder_shape(model: Any) -> Shape:
         "encoder": {"parameters": int(encoder), "layers": int(config.num_layers), "d_model": d_model},
         "decoder": {"parameters": int(decoder), "layers": int(config.num_decoder_layers), "d_model": d_model},
     }
+
+
+def sentence_encoder_costs(model: Any, texts: Sequence[str], shape: Shape | None = None) -> list[tuple[int, int]]:
+    """Per text, (tokens, forward FLOPs) of a sentence-transformers ``model``: its tokens as encoded (cut to its
+    ``max_seq_length``), each attending to all of them (one bidirectional pass; pooling not counted)."""
+    shape = shape or encoder_only_shape(model[0].auto_model)
+    counts = [int(n) for n in model.tokenize(list(texts))["attention_mask"].sum(-1).tolist()]
+    return [(n, forward_flops(shape, {"encoder": {"tokens": n, "attended": n * n}})) for n in counts]

@@ -43,13 +43,11 @@ class SentenceEncoder:
     def cost(self, texts: Sequence[str]) -> list[tuple[int, int]]:
         """Per text, (tokens, forward FLOPs): its tokens as encoded (cut to the model's max_seq_length), each
         attending to all of them, by the formula of docs/cost.md (pooling not counted)."""
-        from iagbench.lm.flops import encoder_only_shape, forward_flops
+        from iagbench.lm.flops import encoder_only_shape, sentence_encoder_costs
 
         if not hasattr(self, "_shape"):
             self._shape = encoder_only_shape(self.model[0].auto_model)
-        masks = self.model.tokenize(list(texts))["attention_mask"]
-        counts = [int(n) for n in masks.sum(-1).tolist()]
-        return [(n, forward_flops(self._shape, {"encoder": {"tokens": n, "attended": n * n}})) for n in counts]
+        return sentence_encoder_costs(self.model, texts, self._shape)
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.no_grad():

@@ -93,8 +93,16 @@ class CorpusRetriever(Imaginer):
     def imagine(self, examples: Sequence[Example]) -> list[Context]:
         if not examples:
             return []
-        hits = self.search([example.question for example in examples], min(self.k, len(self.store)))
-        return [Context(passages=tuple(self.store.passage(i, score) for i, score in row)) for row in hits]
+        queries = [example.question for example in examples]
+        hits = self.search(queries, min(self.k, len(self.store)))
+        return [
+            Context(passages=tuple(self.store.passage(i, score) for i, score in row), cost=cost)
+            for row, cost in zip(hits, self.query_costs(queries))
+        ]
+
+    def query_costs(self, queries: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Each query's ``Context.cost`` (docs/cost.md): none for a retriever without a model."""
+        return [None] * len(queries)
 
     def settings(self) -> dict[str, Any]:
         """The options that change the ranking (recorded by ``describe()``)."""

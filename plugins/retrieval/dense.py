@@ -69,6 +69,14 @@ class Encoder:
             "max_length": self.max_length,
         }
 
+    def cost(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        """Per text, (tokens, forward FLOPs) of encoding it (docs/cost.md)."""
+        from iagbench.lm.flops import encoder_only_shape, sentence_encoder_costs
+
+        if not hasattr(self, "_shape"):
+            self._shape = encoder_only_shape(self.model[0].auto_model)
+        return sentence_encoder_costs(self.model, texts, self._shape)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         embeddings = self.model.encode(
             list(texts),
@@ -168,6 +176,15 @@ class DenseIndex:
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         return self.encoder.encode([self.query_prefix + query for query in queries])
 
+    def query_costs(self, queries: Sequence[str]) -> list[dict[str, Any]]:
+        """Per query: its tokens and the FLOPs of encoding it, plus 2 x dimension x passages for the exhaustive
+        inner-product search (every search kind here is exact)."""
+        search = 2 * self.embeddings.shape[1] * self.embeddings.shape[0]
+        return [
+            {"flops": flops + search, "tokens": {"query": tokens}}
+            for tokens, flops in self.encoder.cost([self.query_prefix + query for query in queries])
+        ]
+
     def search(self, queries: Sequence[str], k: int) -> Hits:
         vectors = self.encode_queries(queries)
         k = min(k, len(self.store))
@@ -253,6 +270,9 @@ class DenseRetriever(CorpusRetriever):
 
     def search(self, queries: Sequence[str], k: int) -> Hits:
         return self.dense.search(queries, k)
+
+    def query_costs(self, queries: Sequence[str]) -> list[dict[str, Any]]:
+        return self.dense.query_costs(queries)
 
     def settings(self) -> dict[str, Any]:
         return {

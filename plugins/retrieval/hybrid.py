@@ -67,6 +67,10 @@ class HybridRetriever(CorpusRetriever):
         semantic = self.dense.search(queries, depth)
         return [rrf([[i for i, _ in a], [i for i, _ in b]], k, self.rrf_c) for a, b in zip(lexical, semantic)]
 
+    def query_costs(self, queries: Sequence[str]) -> list[dict[str, Any]]:
+        """The dense part's (bm25 adds none)."""
+        return self.dense.query_costs(queries)
+
     def settings(self) -> dict[str, Any]:
         return {
             "rrf_c": self.rrf_c,
