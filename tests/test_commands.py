@@ -88,6 +88,7 @@ def test_a_plain_run_of_a_real_model_prints_no_third_party_lines(cli, tmp_path):
                  "--no-progress", env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "accelerator" not in result.stderr.lower() and "deepspeed" not in result.stderr.lower(), result.stderr
+    assert "Loading weights" not in result.stderr, result.stderr  # transformers' bar follows --no-progress
 
 
 def test_defaults_come_from_the_engine_specs_and_non_defaults_are_recorded():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -82,7 +83,18 @@ def add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command line (``argv``, or this process's own); return the exit status."""
+    if argv is not None:
+        return _main(list(argv))
+    try:
+        return _main(sys.argv[1:])
+    finally:
+        # The process exits next. Its last garbage collections would go over every object torch and transformers
+        # made (about a second once a model was loaded); frozen, they are left to the operating system.
+        gc.freeze()
+
+
+def _main(argv: list[str]) -> int:
     configure()
     try:
         plugins = default_plugins()

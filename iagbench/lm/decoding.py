@@ -18,8 +18,33 @@ def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> frozenset[int
     """Ids of vocabulary tokens whose text contains one of ``stop_strings`` (single tokens only)."""
     if not stop_strings:
         return frozenset()
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
+    texts = vocabulary_texts(tokenizer)
     return frozenset(i for i, text in enumerate(texts) if any(stop in text for stop in stop_strings))
+
+
+def vocabulary_texts(tokenizer: Any) -> list[str]:
+    """Each id of the vocabulary decoded alone, as ``tokenizer.batch_decode`` gives it.
+
+    Where a transformers tokenizer's decoding is its Rust backend's alone (no decode method of its own, no clean-up
+    of spaces), the backend decodes them all in one call: the same texts, several times faster (a start-up cost:
+    49,152 ids of SmolLM2 in 0.09 s instead of 0.67 s).
+    """
+    ids = [[i] for i in range(len(tokenizer))]
+    if _backend_decodes(tokenizer):
+        return tokenizer.backend_tokenizer.decode_batch(ids, skip_special_tokens=False)
+    return tokenizer.batch_decode(ids, skip_special_tokens=False)
+
+
+def _backend_decodes(tokenizer: Any) -> bool:
+    cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", True)
+    if getattr(tokenizer, "backend_tokenizer", None) is None or cleans_up:
+        return False
+    from transformers import PreTrainedTokenizerFast
+
+    kind = type(tokenizer)
+    return isinstance(tokenizer, PreTrainedTokenizerFast) and all(
+        getattr(kind, name) is getattr(PreTrainedTokenizerFast, name) for name in ("batch_decode", "decode", "_decode")
+    )
 
 
 def greedy_decode(

@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from iagbench.contract.errors import ConfigurationError
-from iagbench.files.cache import cache_root, file_sha256
+from iagbench.files.cache import cache_root, cached_sha256
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def load_model(source: ModelSource, *, dtype: Any, device: str, seed: int = 0) -
 
 def _converted_gguf(gguf_path: Path) -> Path:
     """De-quantise a GGUF file once into a transformers folder under the cache, keyed by its sha256."""
-    folder = cache_root() / "models" / f"{gguf_path.stem}-{file_sha256(gguf_path)[:16]}"
+    folder = cache_root() / "models" / f"{gguf_path.stem}-{cached_sha256(gguf_path)[:16]}"
     if (folder / "COMPLETE").exists():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -179,6 +180,34 @@ def _converted_gguf(gguf_path: Path) -> Path:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' and huggingface_hub's own progress bars ("Loading weights", downloads) off in the block unless
+    ``enabled``, as they were after it. Imports neither: transformers takes huggingface_hub's setting when first
+    imported (in the block or not), and keeps its own after."""
+    if enabled:
+        yield
+        return
+    from huggingface_hub import utils as hub
+
+    hub_on = not hub.are_progress_bars_disabled()
+    loaded = sys.modules.get("transformers.utils.logging")
+    transformers_on = loaded.is_progress_bar_enabled() if loaded is not None else hub_on
+    if loaded is not None:
+        loaded.disable_progress_bar()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        loaded = sys.modules.get("transformers.utils.logging")
+        if loaded is not None and transformers_on:
+            loaded.enable_progress_bar()  # huggingface_hub's too
+        if hub_on:
+            hub.enable_progress_bars()
+        elif loaded is not None and transformers_on:
+            hub.disable_progress_bars()
 
 
 def byte_tokenizer() -> Any:

@@ -24,6 +24,7 @@ from iagbench.contract.plugins import Plugins
 from iagbench.contract.preflight import preflight
 from iagbench.contract.registry import Entry
 from iagbench.contract.types import Example
+from iagbench.runs import collector
 from iagbench.runs.batching import BatchSizer
 from iagbench.runs.cost import COST_VERSION, run_cost
 from iagbench.runs.env import environment
@@ -230,7 +231,8 @@ def run(
     process predicts its shard of the examples and rank 0 merges them (see `iagbench.runs.shards`).
     """
     procs = processes or Processes.from_environment()
-    plan = plan_run(spec, plugins)
+    with collector.sparse():  # start-up: imports (iagbench.runs.collector)
+        plan = plan_run(spec, plugins)
     folder, examples = plan.folder, plan.examples
     finished = _finished_results(plan, procs, log)
     if finished is not None:
@@ -244,7 +246,8 @@ def run(
             done, todo = set(), [example for example in examples if procs.owns(example.id)]
         started = time.perf_counter()
         # build (and so validate) the components before anything is written
-        built = _build_components(spec, plan.resolved, procs) if todo else None
+        with collector.sparse():
+            built = _build_components(spec, plan.resolved, procs, progress) if todo else None
         if not lock.held:  # a new folder: start it (rank 0) or wait for it, lock it, look again
             claim_folder(folder, procs, lock, spec.wait_timeout)
             finished = _finished_results(plan, procs, log)
@@ -252,7 +255,8 @@ def run(
                 return folder, finished
             done, todo = todo_examples(folder, examples, procs)  # no more than before: the components built cover it
         _open_folder(spec, plan, procs, done, len(todo), non_default, log)
-        status = _predict_todo(spec, plan, procs, built, todo, progress) if built and todo else None
+        with collector.settled():
+            status = _predict_todo(spec, plan, procs, built, todo, progress) if built and todo else None
         if not procs.main:
             lock.release()  # this rank's shard is written; rank 0 merges it
             wait_for_file(folder.results_path, spec.wait_timeout, folder.path)
@@ -276,12 +280,18 @@ def _finished_results(plan: RunPlan, procs: Processes, log: Callable[[str], None
     return folder.results()
 
 
-def _build_components(spec: RunSpec, resolved: Resolved, procs: Processes) -> tuple[str, Imaginer, Reader]:
-    """This process's device, and the imaginer and reader built on it (after seeding)."""
+def _build_components(
+    spec: RunSpec, resolved: Resolved, procs: Processes, progress: bool = True
+) -> tuple[str, Imaginer, Reader]:
+    """This process's device, and the imaginer and reader built on it (after seeding); without ``progress``, the
+    libraries' own bars ("Loading weights") are off too."""
+    from iagbench.lm.models import library_progress_bars
+
     device = procs.use_device()
     seed_everything(spec.seed)
-    imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
-    reader: Reader = resolved.reader.build(**spec.reader_args)
+    with library_progress_bars(progress):
+        imaginer: Imaginer = resolved.imaginer.build(**spec.imaginer_args)
+        reader: Reader = resolved.reader.build(**spec.reader_args)
     return device, imaginer, reader
 
 
