@@ -23,8 +23,8 @@ a subprocess, with its folder under --out: a rerun skips finished runs and resum
   the student reads its imagined document.
 
 Each row has em, f1, subspan_em, the paired bootstrap 95% interval of its difference to HyperLoRA
-and McNemar's exact p on em (`iagbench compare`'s statistics), training and scoring seconds, and
-the per-question cost the run recorded. Nothing is written outside --out; data are read from --data-dir.
+and McNemar's exact p on em (`iagbench compare`'s statistics), the training seconds (the
+first time each ran to the end) and the per-question cost each run recorded (s/q, tokens, GFLOP). Nothing is written outside --out; data are read from --data-dir.
 """
 
 from __future__ import annotations
@@ -158,16 +158,14 @@ def main() -> None:
         "ImcQA-1 (imagine + HyperLoRA, distilled)": ("imcqa-1 (with imagine)", ["--imaginer", "imagine+hyperlora", "--imaginer-args",
             f"{frozen_imagine},hyperlora.{hyper.replace(',', ',hyperlora.')},hyperlora.checkpoint={folders['imcqa-1']}", "--reader-args", "prompt=qa"]),
     }  # fmt: skip
-    run_folders, score_seconds = {}, {}
+    run_folders = {}
     for number, (name, (_, options)) in enumerate(rows.items()):
         run_folders[name] = out / f"run-{number}"
-        score_seconds[name] = iagbench(
-            "run", *test_data, "--reader", READER, *options, "--output", str(run_folders[name]), "--no-progress"
-        )
-    print_tables(args, rows, run_folders, seconds, score_seconds, folders, time.perf_counter() - started)
+        iagbench("run", *test_data, "--reader", READER, *options, "--output", str(run_folders[name]), "--no-progress")
+    print_tables(args, rows, run_folders, seconds, folders, time.perf_counter() - started)
 
 
-def print_tables(args, rows, run_folders, seconds, score_seconds, folders, total: float) -> None:
+def print_tables(args, rows, run_folders, seconds, folders, total: float) -> None:
     """The scores table (differences to HyperLoRA with paired intervals and McNemar) and what each training learned."""
     baseline = run_folders["HyperLoRA (CE)"]
     results = [json.loads((run_folders[name] / "results.json").read_text()) for name in rows]
@@ -179,9 +177,9 @@ def print_tables(args, rows, run_folders, seconds, score_seconds, folders, total
         parameters = trained_parameters(folders[trained]) if trained in folders else 0
         train_s = round(seconds[trained]) if trained else ""
         table.append([name, *(round(m[k], 1) for k in ("em", "f1", "subspan_em")), *versus,
-                      parameters, train_s, round(score_seconds[name]), *cost])  # fmt: skip
+                      parameters, train_s, *cost])  # fmt: skip
     headers = ["row", "em", "f1", "subspan_em", "em - HyperLoRA [95% CI]", "subspan_em - HyperLoRA [95% CI]",
-               "McNemar p (em)", "trained params", "train s", "score s", *cost_headers]  # fmt: skip
+               "McNemar p (em)", "trained params", "train s", *cost_headers]  # fmt: skip
     print(
         f"\nImcQA with {READER} on nq-oracle (split seed {args.seed}: train / {args.test_questions} test); "
         f"training {args.steps} steps x {args.batch_size}, lr {args.lr}, rank {args.rank}; "

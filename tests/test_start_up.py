@@ -60,12 +60,14 @@ def test_settled_keeps_what_exists_out_of_collections_and_gives_it_back() -> Non
 
 
 def test_settled_does_not_unfreeze_what_others_froze() -> None:
+    kept = [[] for _ in range(100)]  # tracked objects that stay alive, so frozen until unfrozen
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
         with collector.settled():
             pass
-        assert gc.get_freeze_count() == frozen
+        # frozen objects may die meanwhile (the count falls); unfrozen, it would be 0; frozen again, higher
+        assert len(kept) <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
 
