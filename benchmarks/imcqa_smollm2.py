@@ -174,7 +174,8 @@ def print_tables(args, rows, run_folders, seconds, folders, total: float) -> Non
     for (name, (trained, _)), result, cost in zip(rows.items(), results, cost_rows):
         m = result["metrics"]
         versus = ["", "", ""] if run_folders[name] == baseline else interval_and_p(baseline, run_folders[name])
-        parameters = trained_parameters(folders[trained]) if trained in folders else 0
+        parts = ("imcqa-1", "imagine") if trained == "imcqa-1 (with imagine)" else (trained,)  # hypernetwork + LoRA
+        parameters = sum(trained_parameters(folders[part]) for part in parts if part in folders)
         train_s = round(seconds[trained]) if trained else ""
         table.append([name, *(round(m[k], 1) for k in ("em", "f1", "subspan_em")), *versus,
                       parameters, train_s, *cost])  # fmt: skip
