@@ -24,10 +24,13 @@ answers equal to the baseline's text. On CUDA, "peak GiB" is the most memory all
 
 `--batch-tokens N,...` adds reader rows batched as `iagbench run` batches by default (a token budget:
 examples x longest prompt within N). `--whole-run` adds rows of a whole `iagbench run` process (imports,
-model load and all) with default batching, and with `--batch-size 16`, against the same plain loop:
+model load and all) with default batching, and with `--batch-size 16`, and a row of the plain loop as a
+process of its own (benchmarks/plain_generate_loop.py): "speed-up" compares with the in-process plain loop,
+"whole-process speed-up" process with process. `--repeats N` times every row N times and reports the
+median (this 2-core machine varies by +-30% from run to run):
 
     python benchmarks/reader_speed.py --data-dir ../shared/data --limit 200 --decoding dynamic \
-        --batch-sizes 16,64 --batch-tokens 4096,8192,16384 --whole-run
+        --batch-sizes 16,64 --batch-tokens 4096,8192,16384 --whole-run --repeats 3
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import argparse
 import gc
 import json
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,19 +57,12 @@ from iagbench.runs.runner import batches, ordered_examples
 from iagbench.text.normalize import exact_match, subspan_em
 from iagbench_plugins.readers.causal_lm import CausalLMReader
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_generate_loop import plain_generate  # noqa: E402
+
 
 def baseline(reader: CausalLMReader, questions: list[str], batch_size: int, new_tokens: int) -> list[str]:
-    tokenizer, model = reader.tokenizer, reader.model
-    outputs: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        prompts = [f"Question: {q}\nAnswer:" for q in questions[start : start + batch_size]]
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-        with torch.inference_mode():
-            generated = model.generate(
-                **encoded, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        outputs += tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-    return outputs
+    return plain_generate(reader.model, reader.tokenizer, questions, batch_size, new_tokens)
 
 
 SYNTHETIC_WORDS = (
@@ -124,6 +121,17 @@ def whole_run(args: argparse.Namespace, extra: list[str]) -> tuple[float, list[s
     return seconds, by_id, results["predicted_by"][0]["batch_size"]
 
 
+def plain_process(args: argparse.Namespace, questions: list[str]) -> list[str]:
+    """The plain loop as a whole process of its own (benchmarks/plain_generate_loop.py), its answers in order."""
+    script = Path(__file__).resolve().with_name("plain_generate_loop.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(f"{tmp}/questions.json").write_text(json.dumps(questions))
+        command = [sys.executable, str(script), f"{tmp}/questions.json", f"{tmp}/answers.json", "--model", args.model,
+                   "--batch-size", str(args.baseline_batch), "--new-tokens", str(args.new_tokens)]  # fmt: skip
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return json.loads(Path(f"{tmp}/answers.json").read_text())
+
+
 def _whole(args: argparse.Namespace, extra: list[str], examples: list, used: list) -> list[str]:
     _, by_id, largest = whole_run(args, extra)
     used.append(largest)
@@ -149,7 +157,10 @@ def main() -> None:
     parser.add_argument("--baseline-batch", type=int, default=16, help="batch size of the plain generate loop")
     parser.add_argument("--batch-tokens", default="", help="token budgets to try for the reader (as iagbench run)")
     parser.add_argument("--whole-run", action="store_true", help="rows of whole `iagbench run` processes (fp32)")
+    parser.add_argument("--repeats", type=int, default=1, help="time each row this many times; report the median")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: expected a positive integer")
 
     modes = {"dynamic": {}, "static": {"cache": "static"}, "compiled": {"cache": "static", "compile": True}}
     decoding = args.decoding.split(",")
@@ -175,11 +186,15 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        predictions = run()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            predictions = run()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times)
+        spread = [f"{min(times):.2f}-{max(times):.2f}"] if args.repeats > 1 else []
         if synthetic:
             texts = [getattr(p, "raw", p).strip() for p in predictions]
             reference[:] = reference or texts
@@ -189,9 +204,11 @@ def main() -> None:
             sub = 100 * sum(subspan_em(p, e.answers) for p, e in zip(predictions, examples)) / len(examples)
             quality = [round(em, 1), round(sub, 1)]
         peak = [round(torch.cuda.max_memory_allocated() / 2**30, 1)] if cuda else []
-        rows.append([name, round(seconds, 2), round(len(examples) / seconds, 2), *quality, *peak, first_pass])
+        rows.append([name, round(seconds, 2), *spread, round(len(examples) / seconds, 2), *quality, *peak, first_pass])
         print(rows[-1], flush=True)
 
+    plain_row: int | None = None  # the whole-process plain loop's row, with --whole-run
+    rate = 3 if args.repeats > 1 else 2  # the questions/s column
     for dtype in args.dtypes.split(","):
         first = len(rows)
         reference.clear()
@@ -218,6 +235,9 @@ def main() -> None:
                 measure(f"{dtype}: iagbench causal-lm reader, {mode} (batch tokens {budget})",
                         lambda reader=reader, examples=examples, budget=budget: ours_by_tokens(reader, examples, budget), warm_up=mode != "dynamic")  # fmt: skip
             if args.whole_run and dtype == "fp32" and mode == "dynamic" and not synthetic:
+                plain_row = len(rows)
+                measure(f"fp32: whole process: plain generate loop script (batch {args.baseline_batch})",
+                        lambda questions=[e.question for e in examples]: plain_process(args, questions))  # fmt: skip
                 for label, extra in (("default options", []), ("--batch-size 16", ["--batch-size", "16"])):
                     used: list = []
                     measure(f"fp32: whole `iagbench run` process, {label}", lambda extra=extra, used=used, examples=examples: _whole(args, extra, examples, used))  # fmt: skip
@@ -227,16 +247,21 @@ def main() -> None:
             if cuda:
                 torch.cuda.empty_cache()
         for row in rows[first + 1 :]:
-            row.append(f"{row[2] / rows[first][2]:.2f}x")
+            row.append(f"{row[rate] / rows[first][rate]:.2f}x")
+            if plain_row is not None:  # whole process against whole process
+                whole = row[0].startswith("fp32: whole ") and row is not rows[plain_row]
+                row.append(f"{row[rate] / rows[plain_row][rate]:.2f}x" if whole else "")
     quality_headers = ["same as baseline %"] if synthetic else ["em", "subspan_em"]
     headers = [
         "method",
-        "seconds",
+        "seconds" if args.repeats == 1 else f"median s of {args.repeats}",
+        *(["range s"] if args.repeats > 1 else []),
         "questions/s",
         *quality_headers,
         *(["peak GiB"] if cuda else []),
         "first pass s",
         "speed-up",
+        *(["whole-process speed-up"] if plain_row is not None else []),
     ]
     print(tabulate(rows, headers=headers, tablefmt="github"))
 

@@ -11,7 +11,14 @@ import torch
 from lora_adapters import random_lora_adapter
 
 from iagbench import Answer, ConfigurationError, Context, Example, Passage
-from iagbench.lm.decoding import _backend_decodes, greedy_decode, shared_prefix_length, stop_token_ids, vocabulary_texts
+from iagbench.lm.decoding import (
+    _backend_decodes,
+    greedy_decode,
+    last_logit,
+    shared_prefix_length,
+    stop_token_ids,
+    vocabulary_texts,
+)
 from iagbench.lm.lora import LoRAAdapter
 from iagbench.lm.models import PRESETS, byte_tokenizer, resolve_model
 from iagbench_plugins.readers.causal_lm import CausalLMReader
@@ -41,6 +48,21 @@ def test_greedy_decode_equals_generate(tiny: CausalLMReader) -> None:
         reference = model.generate(**encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         ours = greedy_decode(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=6, end_ids=())
     assert ours == reference[:, encoded["input_ids"].shape[1] :].tolist()
+
+
+def test_prompt_step_keeps_the_last_logit_as_a_gathered_position(tiny: CausalLMReader) -> None:
+    """A prompt step asks for its last position by index (a contiguous gather, one matrix product for the output
+    embedding), a one-token step by the integer 1; both give the last position's logits."""
+    encoded = tiny.tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert last_logit(ids[:, -1:]) == 1
+    keep = last_logit(ids)
+    assert isinstance(keep, torch.Tensor) and keep.tolist() == [ids.shape[1] - 1]
+    with torch.inference_mode():
+        whole = tiny.model(input_ids=ids, attention_mask=mask).logits[:, -1:, :]
+        gathered = tiny.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    assert gathered.shape == whole.shape
+    torch.testing.assert_close(gathered, whole)
 
 
 def test_greedy_decode_stops_rows_independently(tiny: CausalLMReader) -> None:
