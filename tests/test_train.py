@@ -461,6 +461,19 @@ def test_torchrun_two_cpu_processes_average_gradients_like_one_process(tmp_path,
     assert_same_weights(output, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_libraries_progress_bars_follow_progress_while_components_load(tmp_path, toy_plugins, monkeypatch, progress):
+    """As `iagbench run`: without progress, transformers' "Loading weights" bar is off while the components build
+    (what `library_progress_bars` does is tested in tests/test_start_up.py)."""
+    import iagbench.training.build as build
+
+    seen: list[bool] = []
+    real = build.library_progress_bars
+    monkeypatch.setattr(build, "library_progress_bars", lambda enabled: seen.append(enabled) or real(enabled))
+    train(spec(tmp_path / "out", steps=1, eval_every=0), toy_plugins, progress=progress, log=lambda message: None)
+    assert seen == [progress]
+
+
 def test_only_the_reader_trains_and_the_imaginer_checkpoint_is_refused(tmp_path, toy_plugins, invoke_cli):
     output = tmp_path / "out"
     train(

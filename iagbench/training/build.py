@@ -8,14 +8,24 @@ from typing import Any
 
 from iagbench.contract.components import Imaginer, Reader
 from iagbench.contract.errors import ConfigurationError
+from iagbench.lm.models import library_progress_bars
+from iagbench.runs import collector
 from iagbench.training.distill import _check_distillable, _Distiller
 from iagbench.training.objective import _has_loss, _trainable
 from iagbench.training.spec import TrainSpec, _Setup
 
 
-def _build(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[Any], _Distiller | None]:
+def _build(
+    spec: TrainSpec, setup: _Setup, progress: bool = True
+) -> tuple[Imaginer, Reader, Any, list[Any], _Distiller | None]:
     """The components, built with the seed set, a ModuleDict of their trainable modules, the layers to checkpoint,
-    and the teacher (built after the student, so the student's initialisation does not depend on it)."""
+    and the teacher (built after the student, so the student's initialisation does not depend on it). Without
+    ``progress`` the libraries' own bars ("Loading weights") are off while they load, as in ``iagbench run``."""
+    with collector.sparse(), library_progress_bars(progress):  # start-up: imports and weights
+        return _build_components(spec, setup)
+
+
+def _build_components(spec: TrainSpec, setup: _Setup) -> tuple[Imaginer, Reader, Any, list[Any], _Distiller | None]:
     import torch
     from accelerate.utils import set_seed
 

@@ -150,10 +150,10 @@ def _train(spec, plugins, setup: _Setup, accelerator, progress, say, non_default
     if finished is not None:
         return plan.output, _summary(plan.output, finished)
 
-    imaginer, reader, parts, checkpointed, distiller = _build(spec, setup)
+    imaginer, reader, parts, checkpointed, distiller = _build(spec, setup, progress and main)
     _prepare_components(imaginer, reader, setup, resumed=(plan.checkpoints / LATEST).is_file())
     model = _objective(imaginer, reader, parts, distiller)
-    optimizer = _optimizer(parts, spec.lr, spec.weight_decay)
+    optimizer = _optimizer(parts, spec.lr, spec.weight_decay, spec.no_decay)
     scheduler = lr_scheduler(optimizer, spec.schedule, spec.warmup_steps, plan.total)
     resume = _resume_point(plan, setup, accelerator, (imaginer, reader), (model, optimizer, scheduler))
     model, optimizer = accelerator.prepare(model, optimizer)
