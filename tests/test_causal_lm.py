@@ -110,6 +110,28 @@ def test_teacher_logits_with_the_prefix_cache_equal_the_whole_prompt_s(tiny: Cau
     torch.testing.assert_close(with_grad.detach()[mask], whole[mask], rtol=1e-4, atol=1e-4)
 
 
+def test_answer_logits_of_a_batch_are_each_example_s_own_unpadded_forward(tiny: CausalLMReader) -> None:
+    """Prompts and targets of different lengths in one batch (padding on both sides of the prompt): each row's
+    target logits are those of a forward over that example's prompt + target alone."""
+    passages = [Context([Passage("A much longer passage that makes this prompt longer than the others.", "T")])]
+    contexts = [*passages, *[Context()] * (len(QUESTIONS) - 1)]
+    targets = ["a long gold answer of many words", "x", "1912", "y"][: len(QUESTIONS)]
+    with torch.no_grad():
+        for cache in (True, False):
+            tiny.prefix_cache = cache
+            try:
+                logits, mask = tiny.answer_logits(examples()[: len(targets)], contexts[: len(targets)], targets)
+            finally:
+                tiny.prefix_cache = True
+            for row, ((prompt, _), target) in enumerate(zip(tiny.fitted_prompts(examples(), contexts), targets)):
+                ids, _ = tiny.target_ids([target])
+                whole = tiny.tokenizer(prompt)["input_ids"] + ids[0].tolist()
+                alone = tiny.model(input_ids=torch.tensor([whole])).logits[0]
+                expected = alone[len(whole) - ids.shape[1] - 1 : len(whole) - 1]
+                assert int(mask[row].sum()) == ids.shape[1]
+                torch.testing.assert_close(logits[row, : ids.shape[1]], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_answers_do_not_depend_on_batch_composition() -> None:
     # The bare `qa` prompt: the random model answers each of these questions differently (with the few-shot
     # prompt it answers them all alike), so rows mixed up or bled into by padding would show.

@@ -272,10 +272,13 @@ class CausalLMReader(PromptFitter, AdapterHost, Reader, Trainable, Distillable, 
         return self._teacher_forced(examples, contexts, ids, mask), mask
 
     def _teacher_forced(self, examples: Sequence[Example], contexts: Sequence[Context], ids: Any, mask: Any) -> Any:
-        """One forward of prompt + target rows (right-padded, padding masked); the logits that predict each target token.
+        """One forward of prompt + target rows; the logits that predict each target token.
 
-        Without gradients and adapters (a distillation teacher), the token prefix all prompts share (instruction,
-        worked examples) is encoded once and its key/value cache reused, as in ``generate``.
+        Rows are laid out as [shared prefix] left padding, own prompt, target, right padding (padding masked,
+        positions counted over real tokens), so every row's targets sit in the same columns and the output
+        embedding runs on those columns only. Without gradients and adapters (a distillation teacher), the token
+        prefix all prompts share (instruction, worked examples) is encoded once and its key/value cache reused,
+        as in ``generate``.
         """
         import torch
 
@@ -290,21 +293,23 @@ class CausalLMReader(PromptFitter, AdapterHost, Reader, Trainable, Distillable, 
         cached = self.prefix_cache and adapters is None and not torch.is_grad_enabled() and not hooked
         shared = shared_prefix_length(prompts) if cached else 0
         targets = [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(1).tolist())]
-        rows = [prompt[shared:] + target for prompt, target in zip(prompts, targets)]
-        width, pad = max(map(len, rows)), self.tokenizer.pad_token_id
-        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
-        attention = torch.tensor(
-            [[1] * (shared + len(row)) + [0] * (width - len(row)) for row in rows], device=self.device
-        )
+        own = [prompt[shared:] for prompt in prompts]
+        asked, answered, pad = max(map(len, own)), ids.shape[1], self.tokenizer.pad_token_id
+        rows, real = [], []
+        for prompt, target in zip(own, targets):
+            left, right = asked - len(prompt), answered - len(target)
+            rows.append([pad] * left + prompt + target + [pad] * right)
+            real.append([1] * shared + [0] * left + [1] * (len(prompt) + len(target)) + [0] * right)
+        attention = torch.tensor(real, device=self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         cache = self._prefix_cache(tuple(prompts[0][:shared]), len(rows)) if shared else None
+        # target token t of every row is predicted at column asked - 1 + t (of the columns after the prefix)
+        columns = torch.arange(asked - 1, asked - 1 + answered, device=self.device)
         with self.lora_active(adapters):
-            logits = self.model(
-                input_ids=input_ids, attention_mask=attention, **{cache_keyword(self.model): cache}
-            ).logits
-        # target token t of row b is predicted at position len(prompt_b) - 1 + t (of the rows after the prefix)
-        starts = torch.tensor([len(prompt) - 1 - shared for prompt in prompts], device=self.device)
-        positions = (starts[:, None] + torch.arange(ids.shape[1], device=self.device)).clamp(max=width - 1)
-        return logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]))
+            return self.model(
+                input_ids=torch.tensor(rows, device=self.device), attention_mask=attention, position_ids=positions,
+                logits_to_keep=columns, **{cache_keyword(self.model): cache},
+            ).logits  # fmt: skip
 
     def _prefix_cache(self, prefix: tuple[int, ...], batch: int) -> Any:
         """The key/value cache of ``prefix``, computed once and copied out for a batch."""
