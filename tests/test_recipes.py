@@ -61,6 +61,8 @@ def test_the_shipped_recipes_cover_every_row_and_merge_into_their_commands():
             if command == "train":
                 lr = 1e-3 if name.endswith("-reference") else 1e-4  # run.sh's learning rate
                 assert job.output == Path(f"trained/{name}-sample") and job.settings["lr"] == lr
+                # the reference's weight-decay rule (T5's layer norms decayed too) in the *-reference recipes only
+                assert job.settings["no_decay"] == ("reference" if name.endswith("-reference") else "norms")
 
 
 def test_the_command_line_overrides_and_merges_and_placeholders_resolve():
@@ -179,6 +181,7 @@ def test_trained_rows_train_then_run(invoke_cli, tmp_path, name):
     assert reader["lora_rank"] == (32 if name.startswith("t5-lora") else 0)
     if name == "t5-lora-reference":  # the reference's norms and embeddings train next to the LoRA
         assert reader["train_parts"] == ["norms", "embeddings"]
+        assert config["identity"]["training"]["no_decay"] == "reference"  # and decay as the reference's
         saved = load_file(str(trained / "checkpoints" / "step-000002" / "reader.safetensors"))
         assert "shared.weight" in saved and any(key.endswith("layer_norm.weight") for key in saved)
 
@@ -264,6 +267,7 @@ def test_imcqa_distils_from_the_teacher_then_runs(invoke_cli, tmp_path, teacher,
         distillation, log = config["identity"]["distillation"], (trained / "log.jsonl").read_text()
         assert [distillation[k] for k in ("kd_scale", "kd_positions", "kl_term")] == ["none", "all", True]
         assert '"kl_term"' in log and config["identity"]["training"]["max_grad_norm"] == 0
+        assert config["identity"]["training"]["no_decay"] == "reference"  # T5's layer norms decayed too
         # the reference's student: the pretrained T5 (no checkpoint), its norms, embedding and FFNs trained
         student = config["identity"]["reader"]["options"]
         assert "checkpoint" not in student and student["train_parts"] == "norms,embeddings,ffn"

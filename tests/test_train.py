@@ -462,7 +462,9 @@ def test_torchrun_two_cpu_processes_average_gradients_like_one_process(tmp_path,
 
 
 @pytest.mark.parametrize("progress", [True, False])
-def test_the_libraries_progress_bars_follow_progress_while_components_load(tmp_path, toy_plugins, monkeypatch, progress):
+def test_the_libraries_progress_bars_follow_progress_while_components_load(
+    tmp_path, toy_plugins, monkeypatch, progress
+):
     """As `iagbench run`: without progress, transformers' "Loading weights" bar is off while the components build
     (what `library_progress_bars` does is tested in tests/test_start_up.py)."""
     import iagbench.training.build as build

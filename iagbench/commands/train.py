@@ -19,7 +19,7 @@ from iagbench.commands.arguments import (
 )
 from iagbench.commands.logs import info
 from iagbench.commands.recipes import add_recipe_arguments
-from iagbench.training.spec import KD_POSITIONS, KD_SCALES, MIXED_PRECISION, REPORT_TO, SCHEDULES, TrainSpec
+from iagbench.training.spec import KD_POSITIONS, KD_SCALES, MIXED_PRECISION, NO_DECAY, REPORT_TO, SCHEDULES, TrainSpec
 
 NAME = "train"
 HELP = "train an imaginer + reader pair's trainable parts (resumable; torchrun, accelerate launch, deepspeed)"
@@ -59,8 +59,14 @@ def _optimization_options(options: CommandOptions) -> None:
     add_batch_size(options, DEFAULTS["batch_size"], help="examples per process and micro-batch (default: 8)")
     add("--grad-accum", type=int, default=DEFAULTS["grad_accum"], help="micro-batches per optimizer step (default: 1)")
     add("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate of AdamW (default: 1e-4)")
-    decay_help = "AdamW weight decay, not on biases/norms (default: 0)"
+    decay_help = "AdamW weight decay, not on biases/norms (see --no-decay) (default: 0)"
     add("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help=decay_help)
+    no_decay_help = (
+        "parameters without weight decay: norms, those of fewer than 2 dimensions (biases, norms); reference, names "
+        "holding 'bias' or 'LayerNorm', as the ImcQA reference (T5's layer norms decayed) (default: norms)"
+    )
+    # validate() refuses another value in one line (argparse's choices would print the usage too)
+    add("--no-decay", default=DEFAULTS["no_decay"], metavar="{" + ",".join(NO_DECAY) + "}", help=no_decay_help)
     add("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"], help="linear warm-up steps (default: 0)")
     add("--schedule", default=DEFAULTS["schedule"], choices=SCHEDULES, help="after warm-up (default: linear)")
     clip_help = "gradient clipping, 0 for none (default: 1.0)"

@@ -51,6 +51,7 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
             "max_grad_norm": spec.max_grad_norm,
             "mixed_precision": setup.mixed_precision,
             "deepspeed": setup.deepspeed_config,
+            **_reference_optimizer(spec),  # absent at the defaults: earlier runs keep their identity
         },
     }
     if setup.teacher_reader is not None:  # absent without a teacher: earlier runs keep their identity
@@ -73,6 +74,13 @@ def _reference_kd(spec: TrainSpec) -> dict[str, Any]:
     from iagbench.training.spec import REFERENCE_KD_OPTIONS, _default
 
     return {name: getattr(spec, name) for name in REFERENCE_KD_OPTIONS if getattr(spec, name) != _default(name)}
+
+
+def _reference_optimizer(spec: TrainSpec) -> dict[str, Any]:
+    """The reference-optimizer options (``no_decay``) that differ from their defaults."""
+    from iagbench.training.spec import REFERENCE_OPTIMIZER_OPTIONS, _default
+
+    return {name: getattr(spec, name) for name in REFERENCE_OPTIMIZER_OPTIONS if getattr(spec, name) != _default(name)}
 
 
 def _execution(spec: TrainSpec, layout: _Layout) -> dict[str, Any]:

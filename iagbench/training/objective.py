@@ -12,6 +12,7 @@ from iagbench.contract.components import Imaginer, Reader, Trainable
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.types import Context, Example
 from iagbench.training.distill import _Distiller
+from iagbench.training.spec import NO_DECAY
 
 
 def _trainable(component: Any) -> Any:
@@ -56,13 +57,26 @@ def _objective(imaginer: Imaginer, reader: Reader, parts: Any, distiller: _Disti
     return Objective()
 
 
-def _optimizer(parts: Any, lr: float, weight_decay: float) -> Any:
-    """AdamW; no weight decay on biases and norms (parameters of fewer than 2 dimensions)."""
+# the ImcQA reference's no_decay list (model/Imagemodel.py:514), matched as substrings of the parameters' names
+REFERENCE_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+def _optimizer(parts: Any, lr: float, weight_decay: float, no_decay: str) -> Any:
+    """AdamW; ``weight_decay`` on all trainable parameters but those ``no_decay`` exempts: ``norms``, the parameters
+    of fewer than 2 dimensions (biases and norms); ``reference``, those whose name in ``parts.named_parameters()``
+    contains one of `REFERENCE_NO_DECAY` (case-sensitive), as the ImcQA reference (model/Imagemodel.py:513-526), which
+    leaves T5's ``layer_norm`` weights and the embedding decayed. Empty groups are left out."""
     import torch
 
-    params = [p for p in parts.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
+    named = [(name, p) for name, p in parts.named_parameters() if p.requires_grad]
+    if no_decay == "norms":
+        exempt = [p.ndim < 2 for _, p in named]
+    elif no_decay == "reference":
+        exempt = [any(key in name for key in REFERENCE_NO_DECAY) for name, _ in named]
+    else:
+        raise ConfigurationError(f"--no-decay {no_decay}: expected one of {', '.join(NO_DECAY)}")
+    decay = [p for (_, p), out in zip(named, exempt) if not out]
+    rest = [p for (_, p), out in zip(named, exempt) if out]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 

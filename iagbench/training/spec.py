@@ -16,6 +16,7 @@ from iagbench.contract.types import Example
 DEFAULT_TRAIN_DIR = Path("trained")
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+NO_DECAY = ("norms", "reference")  # iagbench.training.objective's rules, without importing torch
 
 
 @dataclass
@@ -36,6 +37,9 @@ class TrainSpec:
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.0
+    # which parameters get no weight decay: "norms" (fewer than 2 dimensions: biases and norms) or "reference" (the
+    # ImcQA reference's name rule, docs/fidelity.md); recorded in the identity only when not the default
+    no_decay: str = "norms"
     warmup_steps: int = 0
     schedule: str = "linear"
     max_grad_norm: float = 1.0  # 0: no clipping
@@ -75,6 +79,7 @@ DISTILLATION_OPTIONS = ("teacher_imaginer", "teacher_imaginer_args", "teacher_re
                         "hidden_weight", "attention_weight")  # fmt: skip
 REFERENCE_KD_OPTIONS = ("kd_scale", "kd_positions", "kl_term")  # recorded in the identity only when not the default
 DISTILLATION_OPTIONS += REFERENCE_KD_OPTIONS
+REFERENCE_OPTIMIZER_OPTIONS = ("no_decay",)  # recorded in the identity only when not the default
 KD_SCALES = ("t2", "none")
 KD_POSITIONS = ("answer", "all")  # iagbench.lm.distill.KD_POSITIONS, without importing torch
 
@@ -84,6 +89,8 @@ def validate(spec: TrainSpec) -> None:
     _validate_counts(spec)
     _check_number("lr", spec.lr, positive=True)
     _check_number("weight_decay", spec.weight_decay)
+    if spec.no_decay not in NO_DECAY:
+        raise ConfigurationError(f"--no-decay {spec.no_decay}: expected one of {', '.join(NO_DECAY)}")
     _check_number("max_grad_norm", spec.max_grad_norm)
     if spec.schedule not in SCHEDULES:
         raise ConfigurationError(f"--schedule {spec.schedule}: expected one of {', '.join(SCHEDULES)}")
