@@ -39,11 +39,13 @@ def configure(options: CommandOptions) -> None:
     add("--target-tokens", type=int, default=64, help="token budget of a compressed context (default: 64)")
     add("--model", default="smollm2-135m", help="scoring causal LM (default: smollm2-135m)")
     add("--granularity", default="sentence", choices=("sentence", "passage"), help="what is kept or dropped whole")
-    add("--prune", default="none", choices=("none", "tokens"),
+    add("--prune", default="none", choices=("none", "tokens", "llmlingua"),
         help="after the coarse selection: tokens = keep the --target-tokens tokens of highest contrastive perplexity "
-        "given the question (LongLLMLingua's condition_compare; default: none)")  # fmt: skip
+        "given the question (LongLLMLingua's condition_compare; default: none); llmlingua = instead of both stages, "
+        "LLMLingua 0.2.2's compress_prompt with the reference's arguments (needs --granularity passage)")  # fmt: skip
     add("--context-budget", type=int, default=100,
-        help="with --prune tokens: the coarse selection keeps up to --target-tokens + this many (default: 100)")  # fmt: skip
+        help="with --prune tokens or llmlingua: the coarse selection keeps up to --target-tokens + this many "
+        "(default: 100)")  # fmt: skip
     add_batch_size(options, 16, help="questions per imaginer call (default: 16)")
     add_progress(options)
 

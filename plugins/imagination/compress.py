@@ -1,5 +1,6 @@
 """Question-aware compression of retrieved passages (LongLLMLingua's coarse-grained ranking and, with
-``prune="tokens"``, its token-level contrastive-perplexity pruning; our implementation).
+``prune="tokens"``, its token-level contrastive-perplexity pruning; our implementation). ``prune="llmlingua"``
+runs the port of LLMLingua 0.2.2's compress_prompt with the reference's arguments instead (``.llmlingua``).
 
 Design notes: docs/internals.md#pluginsimaginationcompresspy
 """
@@ -16,8 +17,9 @@ from iagbench import ConfigurationError, Passage
 RESTRICT = "We can get the answer to this question in the given documents."
 VERSION = "1"  # bump when the scoring text, the unit split or the selection changes
 PRUNE_VERSION = "2"  # the version with prune="tokens" (bump both when the coarse stage changes)
+LLMLINGUA_VERSION = "3"  # the version with prune="llmlingua" (bump when the port changes)
 GRANULARITIES = ("sentence", "passage")
-PRUNES = ("none", "tokens")
+PRUNES = ("none", "tokens", "llmlingua")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _ABBREVIATION = re.compile(
     r"(?:^|[\s(])(?:[A-Z]|Mr|Mrs|Ms|Dr|St|Mt|Jr|Sr|Prof|Gen|Col|Capt|Lt|Sgt|No|vs|etc|e\.g|i\.e|U\.S)\.$"
@@ -70,8 +72,9 @@ def join_units(units: Sequence[Unit]) -> str:
 
 
 def version(prune: str = "none") -> str:
-    """The compressor's version: ``VERSION``, or ``PRUNE_VERSION`` with token pruning (earlier files keep theirs)."""
-    return PRUNE_VERSION if prune == "tokens" else VERSION
+    """The compressor's version: ``VERSION``, ``PRUNE_VERSION`` with token pruning, ``LLMLINGUA_VERSION`` with the
+    LLMLingua port (earlier files keep theirs)."""
+    return {"tokens": PRUNE_VERSION, "llmlingua": LLMLINGUA_VERSION}.get(prune, VERSION)
 
 
 def prune_tokens(scores: Sequence[float], budget: int) -> list[int]:
@@ -113,11 +116,26 @@ class Compressor:
         self.granularity = granularity
         if prune not in PRUNES:
             raise ConfigurationError(f"compress option prune={prune!r}: expected one of {', '.join(PRUNES)}")
+        if prune == "llmlingua" and granularity != "passage":
+            raise ConfigurationError(
+                "compress option prune='llmlingua' keeps or drops whole passages (use_sentence_level_filter=False): "
+                "set granularity='passage'"
+            )
         self.prune = prune
         self.context_budget = check_positive(context_budget, "context_budget", "compress") if prune != "none" else 0
         self.lm = CausalLM(model, dtype=dtype, device=device)
         self.scorer: Scorer = scorer or self.question_logprob
         self.token_scorer: TokenScorer = token_scorer or self.contrastive_logprob
+        self.llmlingua = None
+        if prune == "llmlingua":
+            from .llmlingua import LLMLingua
+
+            self.llmlingua = LLMLingua(
+                self.lm,
+                target_tokens=self.target_tokens,
+                context_budget=self.context_budget,
+                batch_size=self.batch_size,
+            )
 
     def question_logprob(self, question: str, conditions: Sequence[str]) -> list[float]:
         """Mean log p(question + RESTRICT | condition) per condition (LongLLMLingua's question-aware score)."""
@@ -145,6 +163,8 @@ class Compressor:
 
     def compress(self, question: str, passages: Sequence[Passage]) -> dict[str, Any]:
         """The compressed context and what it was made of: source passage ids, scores, tokens."""
+        if self.llmlingua is not None:
+            return self.llmlingua.compress(question, passages)
         units = units_of(passages, self.granularity)
         if not units:
             return {"compressed": "", "source_ids": [], "tokens": 0, "units": 0, "kept": [], "cut": False}
@@ -181,6 +201,8 @@ class Compressor:
         }
 
     def describe(self) -> dict[str, Any]:
+        if self.llmlingua is not None:
+            return self.describe_llmlingua()
         described = {
             "method": "question-aware coarse ranking (LongLLMLingua-style): mean log p(question + restrict | unit)",
             "version": version(self.prune),
@@ -195,3 +217,26 @@ class Compressor:
                 "context_budget": self.context_budget,
             }
         return described
+
+    def describe_llmlingua(self) -> dict[str, Any]:
+        from .llmlingua import DYNAMIC_RATIO, INSTRUCTION, ITERATIVE_SIZE, QUESTION_SUFFIX
+
+        return {
+            "method": "LLMLingua 0.2.2 compress_prompt with data/compress.py's arguments (ported; docs/fidelity.md)",
+            "version": version(self.prune),
+            "model": self.lm.info,
+            "target_tokens": self.target_tokens,
+            "granularity": self.granularity,
+            "prune": {
+                "method": "llmlingua",
+                "context_budget": self.context_budget,
+                "rank_method": "longllmlingua",
+                "question_suffix": QUESTION_SUFFIX,
+                "condition_in_question": "after",
+                "condition_compare": True,
+                "reorder_context": "sort",
+                "dynamic_context_compression_ratio": DYNAMIC_RATIO,
+                "iterative_size": ITERATIVE_SIZE,
+                "instruction": INSTRUCTION,
+            },
+        }
