@@ -134,11 +134,12 @@ class CausalLM:
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            # the last len(target) + 1 columns, by index: a contiguous gather (the integer len(target) + 1 slices a
+            # strided view, which torch's CPU matmul multiplies row by row; iagbench.lm.decoding.last_logit)
+            columns = torch.arange(width - len(target) - 1, width, device=self.device)
             with torch.inference_mode():
                 logits = (
-                    self.base_model(
-                        input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=len(target) + 1
-                    )
+                    self.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=columns)
                     .logits[:, :-1]
                     .float()
                 )
