@@ -159,6 +159,30 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_compress_and_retrieve_load_their_models_with_the_library_bars_following_progress(
+    invoke_cli, tmp_path, monkeypatch, progress
+):
+    """As `iagbench run`: with --no-progress, transformers' "Loading weights" bar is off while the
+    scoring model and the imaginer load (what `library_progress_bars` does: tests/test_start_up.py)."""
+    import iagbench.runs.passages as passages
+    import iagbench_plugins.imagination.commands as commands
+
+    seen: list[bool] = []
+    for module in (passages, commands):
+        real = module.library_progress_bars
+        monkeypatch.setattr(module, "library_progress_bars", lambda on, real=real: seen.append(on) or real(on))
+    flag = [] if progress else ["--no-progress"]
+    source = ["--split", "train", "--limit", "1", "--imaginer", "bm25", "--imaginer-args", f"corpus={PASSAGES},k=1"]
+    code, _, err = invoke_cli(
+        "compress", *source, "--model", "tiny-llama", "--output", str(tmp_path / "p.jsonl"), *flag
+    )
+    assert code == 0, err
+    code, _, err = invoke_cli("retrieve", *source, "--output", str(tmp_path / "r.jsonl"), *flag)
+    assert code == 0, err
+    assert seen == [progress] * 3  # compress's passage source and scoring model, retrieve's passage source
+
+
 def test_compress_command_writes_pairs_and_resumes_after_a_crash(invoke_cli, tmp_path):
     output = tmp_path / "pairs.jsonl"
     args = [

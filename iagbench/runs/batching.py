@@ -86,7 +86,9 @@ class BatchSizer:
                 f"CUDA out of memory with a batch of {n} examples; use a smaller --batch-size or --batch-size auto"
             )
         if n == 1:
-            raise ConfigurationError(f"CUDA out of memory with a batch of one example (id '{first_id}'): the model does not fit")
+            raise ConfigurationError(
+                f"CUDA out of memory with a batch of one example (id '{first_id}'): the model does not fit"
+            )
         self.size = n // 2
         self.maximum = self.size  # the ceiling is known: grow no more
         self.backoffs += 1

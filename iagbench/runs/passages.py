@@ -4,10 +4,10 @@ question -> passages source that `retrieve` and plugins' commands (``compress``)
 
 from __future__ import annotations
 
-import logging
 import gzip
 import inspect
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +19,7 @@ from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.job import JobSpec
 from iagbench.contract.plugins import Plugins
 from iagbench.contract.types import Context, Example, Passage
+from iagbench.lm.models import library_progress_bars
 
 
 def index_build(plugins: Plugins, kind: str, corpus: str, options: dict[str, Any], progress: bool) -> dict[str, Any]:
@@ -32,10 +33,13 @@ def index_build(plugins: Plugins, kind: str, corpus: str, options: dict[str, Any
     options = {**options, "corpus": corpus}
     if "progress" in parameters:
         options["progress"] = progress
-    return entry.build(**options).describe()
+    with library_progress_bars(progress):  # a dense encoder's "Loading weights" follows --no-progress
+        return entry.build(**options).describe()
 
 
-def retrieve(plugins: Plugins, job: JobSpec, log: Callable[[str], None] = logging.getLogger(__name__).info) -> dict[str, Any]:
+def retrieve(
+    plugins: Plugins, job: JobSpec, log: Callable[[str], None] = logging.getLogger(__name__).info
+) -> dict[str, Any]:
     """Write one FiD-format JSON line per question: id, question, answers, and ctxs with id, title,
     text, score and has_answer (DPR's, from the ``has_answer`` metric). Returns a summary."""
     from tqdm.auto import tqdm
@@ -50,15 +54,18 @@ def retrieve(plugins: Plugins, job: JobSpec, log: Callable[[str], None] = loggin
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        with _open_output(tmp, gz=output.name.endswith(".gz")) as out, tqdm(
-            total=len(examples), disable=not progress, desc="retrieving", unit="q"
-        ) as bar:
+        with (
+            _open_output(tmp, gz=output.name.endswith(".gz")) as out,
+            tqdm(total=len(examples), disable=not progress, desc="retrieving", unit="q") as bar,
+        ):
             for batch, contexts in imagined_batches(component, examples, batch_size):
                 for example, context in zip(batch, contexts):
                     record = fid_record(example, context.passages, has_answer)
                     passages_total += len(record["ctxs"])
                     most = max(most, len(record["ctxs"]))
-                    first = next((rank for rank, ctx in enumerate(record["ctxs"], start=1) if ctx.get("has_answer")), None)
+                    first = next(
+                        (rank for rank, ctx in enumerate(record["ctxs"], start=1) if ctx.get("has_answer")), None
+                    )
                     if first is not None:
                         hits_at[first] = hits_at.get(first, 0) + 1
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -83,7 +90,9 @@ def retrieve(plugins: Plugins, job: JobSpec, log: Callable[[str], None] = loggin
             if cut <= most
         }
     recall = " ".join(f"has_answer{cut} {value:.2f}" for cut, value in summary.get("has_answer", {}).items())
-    log(f"retrieved {len(examples)} questions in {seconds:.2f} s ({summary['questions_per_second']} q/s): {output}  {recall}".rstrip())
+    log(
+        f"retrieved {len(examples)} questions in {seconds:.2f} s ({summary['questions_per_second']} q/s): {output}  {recall}".rstrip()
+    )
     return summary
 
 
@@ -100,10 +109,13 @@ def passage_source(plugins: Plugins, job: JobSpec, purpose: str) -> tuple[list[E
     if job.limit is not None and job.limit < 1:
         raise ConfigurationError(f"--limit {job.limit}: expected a positive integer")
     examples = load_examples(dataset_entry.build(**job.dataset_args), job.split, job.limit, dataset_entry.name)
-    return examples, imaginer_entry.build(**job.imaginer_args)
+    with library_progress_bars(job.progress):
+        return examples, imaginer_entry.build(**job.imaginer_args)
 
 
-def imagined_batches(component: Imaginer, examples: Sequence[Example], batch_size: int) -> Iterator[tuple[list[Example], list[Context]]]:
+def imagined_batches(
+    component: Imaginer, examples: Sequence[Example], batch_size: int
+) -> Iterator[tuple[list[Example], list[Context]]]:
     """``(batch, contexts)`` for consecutive batches of ``examples``, checking one context per example."""
     for start in range(0, len(examples), batch_size):
         batch = list(examples[start : start + batch_size])

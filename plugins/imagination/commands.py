@@ -24,6 +24,7 @@ from iagbench.commands.logs import info
 from iagbench.contract.errors import ConfigurationError
 from iagbench.contract.job import JobSpec
 from iagbench.contract.plugins import Plugins
+from iagbench.lm.models import library_progress_bars
 from iagbench.runs.folder import append_records, check_configuration, read_json, read_records, write_json_atomic
 from iagbench.runs.passages import imagined_batches, passage_source
 from iagbench.runs.runner import EXECUTION_KEYS
@@ -93,7 +94,8 @@ def compress(
     started = time.perf_counter()
     tokens: list[int] = []
     if todo:
-        compressor = compressor or Compressor(**options)
+        with library_progress_bars(job.progress):  # transformers' "Loading weights" follows --no-progress
+            compressor = compressor or Compressor(**options)
         if not config.exists():
             output.parent.mkdir(parents=True, exist_ok=True)
             described = {"identity": identity, "compressor": compressor.describe(), "source": source.describe()}
