@@ -93,9 +93,10 @@ def test_defaults_keep_the_identity_and_options_need_a_teacher(tmp_path, plugins
     from iagbench.training.spec import validate
 
     default = spec(tmp_path / "x", kd_scale="t2", kd_positions="answer", kl_term=False)
-    from iagbench.training.folder import _reference_kd
+    from iagbench.training.folder import _changed
+    from iagbench.training.spec import REFERENCE_KD_OPTIONS
 
-    assert _reference_kd(default) == {}
+    assert _changed(default, REFERENCE_KD_OPTIONS) == {}
     with pytest.raises(ConfigurationError, match="--kl-term"):
         validate(spec(tmp_path / "x", teacher_reader=None, teacher_imaginer=None, teacher_reader_args={},
                       alpha=0.5, temperature=1.0, kd_scale="t2", kd_positions="answer"))  # fmt: skip

@@ -97,11 +97,13 @@ def test_no_decay_reference_reaches_the_optimizer_and_only_it_changes_the_identi
 
 
 def test_the_default_adds_nothing_to_the_identity_and_a_bad_value_is_refused(tmp_path, invoke_cli):
-    from iagbench.training.folder import _reference_optimizer
+    from iagbench.training.folder import _changed
+    from iagbench.training.spec import REFERENCE_OPTIMIZER_OPTIONS
 
     spec = TrainSpec(dataset="sample", imaginer="none", reader="fid-tiny")
-    assert spec.no_decay == "norms" and _reference_optimizer(spec) == {}
-    assert _reference_optimizer(TrainSpec(dataset="sample", imaginer="none", reader="fid-tiny", no_decay="reference"))
+    assert spec.no_decay == "norms" and _changed(spec, REFERENCE_OPTIMIZER_OPTIONS) == {}
+    reference = TrainSpec(dataset="sample", imaginer="none", reader="fid-tiny", no_decay="reference")
+    assert _changed(reference, REFERENCE_OPTIMIZER_OPTIONS)
     with pytest.raises(ConfigurationError, match=r"^--no-decay Norms: expected one of norms, reference$"):
         validate(TrainSpec(dataset="sample", imaginer="none", reader="fid-tiny", no_decay="Norms"))
     output = tmp_path / "out"

@@ -13,7 +13,7 @@ from iagbench.runs.env import environment
 from iagbench.runs.folder import check_configuration, diff_paths, read_json, write_json_atomic
 from iagbench.runs.runner import EXECUTION_KEYS, fingerprint
 from iagbench.runs.sources import component_identity
-from iagbench.training.spec import TrainSpec, _Setup
+from iagbench.training.spec import REFERENCE_KD_OPTIONS, REFERENCE_OPTIMIZER_OPTIONS, TrainSpec, _default, _Setup
 from iagbench.training.stream import _Layout
 
 TRAIN_CONFIG = "train_config.json"
@@ -51,7 +51,7 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
             "max_grad_norm": spec.max_grad_norm,
             "mixed_precision": setup.mixed_precision,
             "deepspeed": setup.deepspeed_config,
-            **_reference_optimizer(spec),  # absent at the defaults: earlier runs keep their identity
+            **_changed(spec, REFERENCE_OPTIMIZER_OPTIONS),  # absent at the defaults: earlier runs keep theirs
         },
     }
     if setup.teacher_reader is not None:  # absent without a teacher: earlier runs keep their identity
@@ -65,22 +65,13 @@ def _identity(spec: TrainSpec, setup: _Setup, total: int, layout: _Layout) -> di
             "hidden_weight": spec.hidden_weight,
             "attention_weight": spec.attention_weight,
         }
-        ident["distillation"].update(_reference_kd(spec))
+        ident["distillation"].update(_changed(spec, REFERENCE_KD_OPTIONS))
     return ident
 
 
-def _reference_kd(spec: TrainSpec) -> dict[str, Any]:
-    """The reference-KD options that differ from their defaults: runs with the defaults keep their identity."""
-    from iagbench.training.spec import REFERENCE_KD_OPTIONS, _default
-
-    return {name: getattr(spec, name) for name in REFERENCE_KD_OPTIONS if getattr(spec, name) != _default(name)}
-
-
-def _reference_optimizer(spec: TrainSpec) -> dict[str, Any]:
-    """The reference-optimizer options (``no_decay``) that differ from their defaults."""
-    from iagbench.training.spec import REFERENCE_OPTIMIZER_OPTIONS, _default
-
-    return {name: getattr(spec, name) for name in REFERENCE_OPTIMIZER_OPTIONS if getattr(spec, name) != _default(name)}
+def _changed(spec: TrainSpec, names: tuple[str, ...]) -> dict[str, Any]:
+    """Those of the options ``names`` that differ from their defaults: runs with the defaults keep their identity."""
+    return {name: getattr(spec, name) for name in names if getattr(spec, name) != _default(name)}
 
 
 def _execution(spec: TrainSpec, layout: _Layout) -> dict[str, Any]:
