@@ -105,7 +105,7 @@ def last_logit(step_ids: torch.Tensor) -> int | torch.Tensor:
 
     For a step of several tokens (the prompt) it is the position as a tensor: transformers then gathers the last
     hidden states into a contiguous tensor, where the integer 1 slices a strided view that torch's CPU matmul
-    multiplies row by row against a broadcast output embedding (0.68 of the 4.7 s prompt step of SmolLM2-135M at
+    multiplies row by row against a broadcast output embedding (0.68 s of the 4.7 s prompt step of SmolLM2-135M at
     134 rows x 17 tokens; measured, benchmarks/NOTES.md). The logits agree up to float rounding (a matrix product
     instead of one per row).
     """
